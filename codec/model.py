@@ -1,0 +1,262 @@
+"""The aecodec model: a variable-rate mean-scale hyperprior.
+
+Architecture (Ballé et al. 2018; Minnen et al. 2018 without the serial
+autoregressive context; per-level gains after Cui et al. 2021)::
+
+    x -> g_a -> y * gain[q] -> h_a -> z -> Q -> z_hat -> h_s -> (scales, means)
+                    |                                              |
+                    Q  (Gaussian conditional, coded with the tables)
+                    |
+                  y_hat * inv_gain[q] -> g_s -> x_hat
+
+One set of weights serves every quality level ``q``: a learned positive gain
+vector per level scales the latent channels before quantisation (a larger gain
+means a finer quantiser and a higher rate), and a separate learned inverse gain
+undoes it before synthesis.
+
+The entropy-parameter path (z_hat -> h_s -> scale indexes and means) runs in
+float64 on the CPU.  Its input z_hat is integer-valued, so the encoder and the
+decoder compute the same parameters up to float64 rounding, far below the
+spacing of the scale table: the choice of CDF for each symbol does not depend
+on thread count or on the convolution kernels used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._deps import import_compressai
+
+import_compressai()
+
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
+from compressai.layers import GDN as _GDN  # noqa: E402
+from compressai.models import CompressionModel  # noqa: E402
+from compressai.models.utils import conv, deconv  # noqa: E402
+
+# Scale table of the Gaussian conditional (Ballé's tensorflow/compression
+# defaults): 64 log-spaced standard deviations from 0.11 to 256.
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+# Rate-distortion trade-off per quality level (loss = lmbda * 255^2 * MSE + bpp),
+# the values CompressAI uses for its MSE-optimised models q1..q8.
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+
+
+class GDN(_GDN):
+    """compressai's GDN with the 1x1 normalisation as a matrix product.
+
+    Same parameters and the same function; oneDNN's 1x1 convolution gives
+    results that depend on the thread count, a matrix product does not.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        beta = self.beta_reparam(self.beta)
+        gamma = self.gamma_reparam(self.gamma)
+        norm = torch.matmul(gamma, (x * x).reshape(B, C, H * W)) + beta[:, None]
+        norm = torch.sqrt(norm) if self.inverse else torch.rsqrt(norm)
+        return x * norm.reshape(B, C, H, W)
+
+
+def scale_table() -> torch.Tensor:
+    return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+class GainedMeanScaleHyperprior(CompressionModel):
+    """Mean-scale hyperprior with per-level gain vectors (variable rate).
+
+    Args:
+        N: channels of the hidden layers and of z.
+        M: channels of the latent y.
+        lambdas: the rate-distortion trade-off of each quality level; the
+            number of levels is ``len(lambdas)``.
+    """
+
+    downsampling = 64  # g_a (16) x h_a (4): inputs are padded to a multiple of this
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS):
+        super().__init__()
+        self.N, self.M = int(N), int(M)
+        self.lambdas = tuple(float(v) for v in lambdas)
+        L = len(self.lambdas)
+
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N),
+            conv(N, N), GDN(N),
+            conv(N, N), GDN(N),
+            conv(N, M),
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True),
+            deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True),
+            conv(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, M), nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, stride=1, kernel_size=3),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+
+        # Log-gains per level. Initialised so that the quantiser step scales
+        # like 1/sqrt(lambda) (high-rate theory), centred on the middle level.
+        lam = torch.tensor(self.lambdas)
+        init = 0.5 * torch.log(lam / lam.median())
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M).clone())
+        self.log_inv_gain = nn.Parameter((-init)[:, None].repeat(1, M).clone())
+
+        self._coding_cache = {}  # float64 copy of h_s for the coding path (not a submodule)
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def levels(self) -> int:
+        return len(self.lambdas)
+
+    def _gains(self, q: torch.Tensor):
+        """Gain and inverse gain for level indexes ``q`` (0-based), as (B, M, 1, 1)."""
+        g = torch.exp(self.log_gain[q])[:, :, None, None]
+        ig = torch.exp(self.log_inv_gain[q])[:, :, None, None]
+        return g, ig
+
+    def _as_levels(self, q, batch: int) -> torch.Tensor:
+        if isinstance(q, int):
+            if not 0 <= q < self.levels:
+                raise ValueError(f"level index {q} out of range 0..{self.levels - 1}")
+            return torch.full((batch,), q, dtype=torch.long)
+        return q.long()
+
+    # -- training ----------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, q) -> Dict:
+        """Training/evaluation pass with continuous relaxation.
+
+        Rates come from likelihoods of noisy latents (additive uniform noise);
+        the synthesis sees rounded latents with a straight-through gradient.
+        In eval mode, latents are rounded everywhere.
+        """
+        q = self._as_levels(q, x.shape[0])
+        g, ig = self._gains(q)
+        y = self.g_a(x) * g
+        z = self.h_a(y)
+        z_tilde, z_likelihoods = self.entropy_bottleneck(z)
+        if self.training:
+            z_med = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
+            z_hat = ste_round(z - z_med) + z_med
+        else:
+            z_hat = z_tilde
+        scales, means = self.h_s(z_hat).chunk(2, 1)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        y_hat = ste_round(y - means) + means
+        x_hat = self.g_s(y_hat * ig)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # -- coding ------------------------------------------------------------
+
+    def update(self, scale_table_=None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Build the CDF tables (done once, at export; they are stored in the weights)."""
+        if scale_table_ is None:
+            scale_table_ = scale_table()
+        return super().update(scale_table=scale_table_, force=force, update_quantiles=update_quantiles)
+
+    def _entropy_parameters(self, z_hat: torch.Tensor):
+        """(scale indexes int32, means float32) from z_hat, computed in float64."""
+        h_s64 = self._coding_cache.get("h_s64")
+        if h_s64 is None:
+            import copy
+
+            h_s64 = self._coding_cache["h_s64"] = copy.deepcopy(self.h_s).to(torch.float64).eval()
+        with torch.no_grad():
+            scales, means = h_s64(z_hat.to(torch.float64)).chunk(2, 1)
+            table = self.gaussian_conditional.scale_table.to(torch.float64)
+            bound = float(self.gaussian_conditional.lower_bound_scale.bound)
+            scales = scales.clamp_min(bound)
+            # index = number of table entries (but the last) below the scale,
+            # i.e. the smallest table scale >= the predicted scale.
+            indexes = torch.searchsorted(table[:-1].contiguous(), scales.contiguous(), right=False)
+        return indexes.to(torch.int32), means.to(torch.float32)
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, q: int) -> Dict:
+        """Entropy-code x (1x3xHxW in [0, 1], H and W multiples of 64) at level index q."""
+        if x.shape[0] != 1:
+            raise ValueError("compress takes one image at a time")
+        qq = self._as_levels(q, 1)
+        g, _ = self._gains(qq)
+        y = self.g_a(x) * g
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        indexes, means = self._entropy_parameters(z_hat)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
+        return {
+            "strings": [y_strings, z_strings],
+            "shape": tuple(z.size()[-2:]),
+            "y_shape": tuple(y.size()[-2:]),
+        }
+
+    @torch.no_grad()
+    def decompress(self, strings: List[List[bytes]], shape, q: int) -> Dict:
+        if not (isinstance(strings, list) and len(strings) == 2):
+            raise ValueError("expected [y_strings, z_strings]")
+        qq = self._as_levels(q, 1)
+        _, ig = self._gains(qq)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        indexes, means = self._entropy_parameters(z_hat)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means)
+        x_hat = self.g_s(y_hat * ig).clamp_(0, 1)
+        return {"x_hat": x_hat, "y_hat": y_hat}
+
+    @torch.no_grad()
+    def estimate_bits(self, x: torch.Tensor, q: int) -> Dict[str, float]:
+        """The model's own estimate of the coded size, in bits, with the exact
+        quantised latents and the table scales the coder uses."""
+        qq = self._as_levels(q, 1)
+        g, _ = self._gains(qq)
+        y = self.g_a(x) * g
+        z = self.h_a(y)
+        z_med = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
+        z_hat = torch.round(z - z_med) + z_med
+        _, z_lik = self.entropy_bottleneck(z_hat, training=False)
+        indexes, means = self._entropy_parameters(z_hat)
+        table = self.gaussian_conditional.scale_table
+        scales = table[indexes.long()]
+        y_hat = torch.round(y - means) + means
+        y_lik = self.gaussian_conditional._likelihood(y_hat, scales, means)
+        y_bits = float(-torch.log2(y_lik.double()).sum())
+        z_bits = float(-torch.log2(z_lik.double()).sum())
+        return {"y": y_bits, "z": z_bits, "total": y_bits + z_bits}
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        self._coding_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict)
+
+
+def rd_loss(out: Dict, x: torch.Tensor, lmbda: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-sample rate-distortion loss: lmbda * 255^2 * MSE + bpp, averaged over the batch."""
+    B, _, H, W = x.shape
+    num_pixels = H * W
+    bpp = sum(
+        (-torch.log2(lik.clamp_min(1e-9))).reshape(B, -1).sum(1) for lik in out["likelihoods"].values()
+    ) / num_pixels
+    mse = F.mse_loss(out["x_hat"], x, reduction="none").reshape(B, -1).mean(1)
+    loss = (lmbda * 255.0**2 * mse + bpp).mean()
+    return {"loss": loss, "bpp": bpp, "mse": mse}

@@ -1,0 +1,50 @@
+"""Pillow plugin: ``import aecodec`` makes ``Image.open("photo.aec")`` work.
+
+Opening reads and verifies the header (cheap, no torch); pixels are decoded on
+first access (``load()``), like any lazily-loaded Pillow format.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageFile
+
+from .format import MAGIC, FormatError, unpack
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[:4] == MAGIC
+
+
+class AecImageFile(ImageFile.ImageFile):
+    format = "AEC"
+    format_description = "aecodec learned image codec"
+
+    def _open(self) -> None:
+        data = self.fp.read()
+        try:
+            self._container = unpack(data)
+        except FormatError as e:
+            raise SyntaxError(str(e)) from None
+        h = self._container.header
+        self._mode = h.mode
+        self._size = (h.width, h.height)
+        self.info["aec_model"] = h.model_id
+        self.info["aec_quality"] = h.quality
+        self.tile = []
+
+    def load(self):
+        if self._im is None and getattr(self, "_container", None) is not None:
+            from .api import decode_container
+            from .image import planes_to_pil
+
+            rgb, alpha = decode_container(self._container)
+            decoded = planes_to_pil(rgb, alpha, self._container.header.mode)
+            self.im = decoded.im
+            self._container = None
+        return Image.Image.load(self)
+
+
+def register() -> None:
+    Image.register_open(AecImageFile.format, AecImageFile, _accept)
+    Image.register_extension(AecImageFile.format, ".aec")
+    Image.register_mime(AecImageFile.format, "image/x-aec")

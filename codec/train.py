@@ -1,0 +1,389 @@
+"""Training: resumable, checkpointed rate-distortion training of the variable-rate model.
+
+    python -m aecodec.train DATA_DIR [--run-dir DIR] [--minutes M] [--steps S] ...
+
+All quality levels are trained together: every crop in a batch draws a random
+level and is weighted by that level's lambda.  Checkpoints (model, optimisers,
+scheduler, RNG states) are written atomically every few minutes to the run
+directory (default ``~/.cache/aecodec/runs/main``); a run started again with the
+same directory resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def tune_malloc() -> None:
+    """glibc malloc makes conv training 2-3x slower here (see shared/GUIDE.md)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD = 1 GiB
+    except OSError:
+        pass
+
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
+
+
+def list_images(root: Path) -> List[Path]:
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def split_files(files: List[Path], val_count: int) -> tuple:
+    """Deterministic held-out split by a hash of the file name (stable as the folder grows)."""
+    keyed = sorted(files, key=lambda p: hashlib.sha256(p.name.encode()).hexdigest())
+    return keyed[val_count:], keyed[:val_count]
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+class CropSampler:
+    """Random crops and flips from images held in memory (uint8)."""
+
+    def __init__(self, images: List[np.ndarray], crop: int, seed: int):
+        self.images = [im for im in images if min(im.shape[:2]) >= crop]
+        if not self.images:
+            raise ValueError(f"no training image is at least {crop}x{crop}")
+        self.crop = crop
+        areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
+        self.p = areas / areas.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int):
+        import torch
+
+        c = self.crop
+        out = np.empty((n, c, c, 3), dtype=np.uint8)
+        for i in range(n):
+            im = self.images[self.rng.choice(len(self.images), p=self.p)]
+            h, w = im.shape[:2]
+            top = self.rng.integers(0, h - c + 1)
+            left = self.rng.integers(0, w - c + 1)
+            patch = im[top:top + c, left:left + c]
+            if self.rng.random() < 0.5:
+                patch = patch[:, ::-1]
+            if self.rng.random() < 0.5:
+                patch = patch[::-1]
+            out[i] = patch
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def state(self):
+        return self.rng.bit_generator.state
+
+    def set_state(self, s):
+        self.rng.bit_generator.state = s
+
+
+def lr_at(step: int, base_lr: float, warmup: int, decay_start: Optional[int], decay_steps: int,
+          final_frac: float = 0.05) -> float:
+    """Linear warm-up, constant, then (once decay_start is set) cosine decay to final_frac."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if decay_start is None or step < decay_start:
+        return base_lr
+    t = min(1.0, (step - decay_start) / max(1, decay_steps))
+    return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, args):
+        import torch
+
+        from .model import GainedMeanScaleHyperprior
+
+        self.args = args
+        self.run_dir = Path(args.run_dir).expanduser()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+
+        files = list_images(Path(args.data))
+        if len(files) < 2:
+            raise SystemExit(f"error: need at least 2 images in {args.data}, found {len(files)}")
+        val_count = min(args.val_images, max(1, len(files) // 20))
+        train_files, val_files = split_files(files, val_count)
+        self.train_files, self.val_files = train_files, val_files
+        t0 = time.time()
+        train_imgs = [load_rgb(p) for p in train_files]
+        self.val_imgs = [load_rgb(p) for p in val_files]
+        print(f"loaded {len(train_imgs)} training / {len(self.val_imgs)} validation images "
+              f"in {time.time() - t0:.1f}s", file=sys.stderr)
+        self.sampler = CropSampler(train_imgs, args.crop, args.seed)
+
+        self.model = GainedMeanScaleHyperprior(N=args.N, M=args.M)
+        self.lambdas = torch.tensor(self.model.lambdas)
+        params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
+        self.opt = torch.optim.Adam(params, lr=args.lr)
+        self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
+        self.step = 0
+        self.crops_seen = 0
+        self.train_seconds = 0.0
+        self.decay_start = args.decay_start
+
+        ckpt = self.run_dir / "last.pt"
+        if ckpt.exists() and not args.fresh:
+            self._load(ckpt)
+        elif args.init:
+            self._init_from(args.init)
+
+    # -- state ---------------------------------------------------------------
+
+    def _state(self) -> Dict:
+        import torch
+
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "aux_opt": self.aux_opt.state_dict(),
+            "step": self.step,
+            "crops_seen": self.crops_seen,
+            "train_seconds": self.train_seconds,
+            "decay_start": self.decay_start,
+            "config": {"N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
+                       "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
+            "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
+                    "python": random.getstate()},
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / name
+        atomic_torch_save(self._state(), path)
+        return path
+
+    def _load(self, path: Path) -> None:
+        import torch
+
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = st["config"]
+        if (cfg["N"], cfg["M"]) != (self.model.N, self.model.M):
+            raise SystemExit(f"error: checkpoint {path} is N={cfg['N']} M={cfg['M']}, "
+                             f"asked for N={self.model.N} M={self.model.M}")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.aux_opt.load_state_dict(st["aux_opt"])
+        self.step = st["step"]
+        self.crops_seen = st["crops_seen"]
+        self.train_seconds = st["train_seconds"]
+        if self.args.decay_start is None:
+            self.decay_start = st.get("decay_start")
+        torch.set_rng_state(st["rng"]["torch"])
+        self.sampler.set_state(st["rng"]["sampler"])
+        random.setstate(st["rng"]["python"])
+        print(f"resumed {path} at step {self.step}", file=sys.stderr)
+
+    def _init_from(self, path: str) -> None:
+        """Warm start: copy every tensor whose name and shape match (weights or checkpoint)."""
+        import torch
+
+        if str(path).endswith(".safetensors"):
+            from .weights import load_state_dict_file
+
+            sd = load_state_dict_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        own = self.model.state_dict()
+        copied = 0
+        for k, v in sd.items():
+            if k in own and own[k].shape == v.shape and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table")):
+                own[k] = v.to(own[k].dtype)
+                copied += 1
+        self.model.load_state_dict(own, strict=False)
+        print(f"warm start from {path}: {copied} tensors copied", file=sys.stderr)
+
+    # -- loop ----------------------------------------------------------------
+
+    def train_step(self) -> Dict[str, float]:
+        import torch
+
+        from .model import rd_loss
+
+        a = self.args
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, a.lr, a.warmup, self.decay_start, a.decay_steps)
+        x = self.sampler.batch(a.batch)
+        q = torch.randint(0, self.model.levels, (a.batch,))
+        out = self.model(x, q)
+        losses = rd_loss(out, x, self.lambdas[q])
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)
+        self.opt.step()
+        aux = self.model.aux_loss()
+        self.aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_opt.step()
+        self.step += 1
+        self.crops_seen += a.batch
+        mse = losses["mse"].detach()
+        return {
+            "loss": float(losses["loss"].detach()),
+            "bpp": float(losses["bpp"].mean()),
+            "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
+            "aux": float(aux),
+            "gnorm": float(gnorm),
+        }
+
+    def validate(self) -> Dict:
+        """Eval-mode (rounded latents) bpp/PSNR per level on centre crops of the held-out images."""
+        import torch
+
+        from .model import rd_loss
+
+        self.model.eval()
+        c = self.args.val_crop
+        crops = []
+        for im in self.val_imgs:
+            h, w = im.shape[:2]
+            s = min(c, h, w) // 64 * 64
+            t, l = (h - s) // 2, (w - s) // 2
+            crops.append(torch.from_numpy(im[t:t + s, l:l + s].copy()).permute(2, 0, 1).float().div(255)[None])
+        res = {"bpp": [], "psnr": []}
+        with torch.no_grad():
+            for q in range(self.model.levels):
+                bpps, psnrs = [], []
+                for x in crops:
+                    out = self.model(x, q)
+                    out["x_hat"] = out["x_hat"].clamp(0, 1)
+                    l = rd_loss(out, x, self.lambdas[q:q + 1])
+                    bpps.append(float(l["bpp"].mean()))
+                    psnrs.append(float(10 * torch.log10(1 / l["mse"].mean())))
+                res["bpp"].append(float(np.mean(bpps)))
+                res["psnr"].append(float(np.mean(psnrs)))
+        self.model.train()
+        return res
+
+    def log(self, rec: Dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def run(self) -> None:
+        import torch
+
+        a = self.args
+        torch.set_num_threads(a.threads)
+        start = time.time()
+        last_ckpt = time.time()
+        window: List[Dict[str, float]] = []
+        target_step = self.step + a.steps if a.steps else None
+        deadline = start + a.minutes * 60 if a.minutes else None
+        if a.decay_now and self.decay_start is None:
+            self.decay_start = self.step
+        print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 from step {self.step}",
+              file=sys.stderr)
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=target_step - self.step if target_step else None, file=sys.stderr,
+                       disable=a.quiet, mininterval=2.0, dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            bar = None
+        try:
+            while True:
+                if target_step is not None and self.step >= target_step:
+                    break
+                if deadline is not None and time.time() >= deadline:
+                    break
+                t0 = time.time()
+                m = self.train_step()
+                self.train_seconds += time.time() - t0
+                window.append(m)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(step=self.step, loss=f"{m['loss']:.3f}", bpp=f"{m['bpp']:.3f}",
+                                    psnr=f"{m['psnr']:.2f}", refresh=False)
+                if self.step % a.log_every == 0:
+                    avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    self.log({"kind": "train", "step": self.step, "time": time.time(),
+                              "lr": self.opt.param_groups[0]["lr"], **avg})
+                    window = []
+                if time.time() - last_ckpt >= a.ckpt_minutes * 60:
+                    self.checkpoint_and_validate()
+                    last_ckpt = time.time()
+        except KeyboardInterrupt:
+            print("interrupted: saving checkpoint", file=sys.stderr)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.checkpoint_and_validate()
+
+    def checkpoint_and_validate(self) -> None:
+        path = self.save()
+        v = self.validate()
+        self.log({"kind": "val", "step": self.step, "time": time.time(), **v})
+        print(f"step {self.step}: checkpoint {path}; val bpp "
+              + " ".join(f"{b:.3f}" for b in v["bpp"]) + " | psnr "
+              + " ".join(f"{p:.2f}" for p in v["psnr"]), file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m aecodec.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
+    p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
+                   help="checkpoints and logs; an existing last.pt here is resumed")
+    p.add_argument("--init", help="warm start from weights (.safetensors) or a checkpoint when the run is new")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --run-dir")
+    p.add_argument("--N", type=int, default=128)
+    p.add_argument("--M", type=int, default=192)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-start", type=int, default=None, help="step at which cosine decay begins")
+    p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")
+    p.add_argument("--decay-steps", type=int, default=20000)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
+    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--val-images", type=int, default=8)
+    p.add_argument("--val-crop", type=int, default=256)
+    p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    tune_malloc()
+    if not args.steps and not args.minutes:
+        pass  # runs until interrupted
+    Trainer(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Release weights: safetensors files with baked CDF tables, found through
+``weights/manifest.json`` and verified by sha256 before anything is parsed.
+
+A model identifier names one exact set of weights: it is the architecture name
+plus the first 12 hex digits of a sha256 over the tensors, so two different
+trainings can never share an identifier and a file is never decoded with weights
+other than the ones that encoded it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Dict, Optional
+
+from .format import FormatError
+
+ARCH = "gained-mean-scale-hyperprior"
+ARCH_SHORT = "msh"
+# Buffers that hold the entropy coder's tables: computed once at export, stored,
+# never rebuilt at decode time.
+TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, corrupted or does not match its manifest entry."""
+
+
+def weights_dir() -> Path:
+    env = os.environ.get("AECODEC_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    import aecodec.release_weights as w  # the weights/ folder, installed as package data
+
+    return Path(next(iter(w.__path__)))
+
+
+def read_manifest(directory: Optional[Path] = None) -> Dict:
+    d = Path(directory) if directory else weights_dir()
+    path = d / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"no weights manifest at {path}; reinstall aecodec") from None
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"unreadable weights manifest {path}: {e}") from None
+
+
+def default_model_id() -> str:
+    return read_manifest()["default"]
+
+
+def tensors_digest(state: Dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_state_dict_file(path, expected_sha256: Optional[str] = None):
+    """Load a safetensors file (no pickle) into float32 tensors, checking its hash first."""
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"cannot read weights {path}: {e.strerror}") from None
+    if expected_sha256 is not None:
+        got = hashlib.sha256(blob).hexdigest()
+        if got != expected_sha256:
+            raise WeightsError(f"weights file {path.name} is corrupted or was replaced "
+                               f"(sha256 {got[:12]}..., expected {expected_sha256[:12]}...); reinstall aecodec")
+    try:
+        state = st_load(blob)
+    except Exception as e:
+        raise WeightsError(f"weights file {path.name} is not valid safetensors: {e}") from None
+    import torch
+
+    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in state.items()}
+
+
+def read_metadata(path) -> Dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return meta
+
+
+def build_model(meta: Dict, state: Dict):
+    from .model import GainedMeanScaleHyperprior
+
+    if meta.get("architecture") != ARCH:
+        raise WeightsError(f"unknown architecture {meta.get('architecture')!r}")
+    model = GainedMeanScaleHyperprior(N=int(meta["N"]), M=int(meta["M"]),
+                                      lambdas=json.loads(meta["lambdas"]))
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+_lock = threading.Lock()
+_cache: Dict[str, object] = {}
+
+
+def load_model(model_id: Optional[str] = None):
+    """The model for ``model_id`` (default: the current release), loaded once per process."""
+    manifest = read_manifest()
+    model_id = model_id or manifest["default"]
+    with _lock:
+        if model_id in _cache:
+            return _cache[model_id]
+        entry = manifest.get("models", {}).get(model_id)
+        if entry is None:
+            raise FormatError(f"the file needs model {model_id!r}, which this aecodec does not have "
+                              f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
+        path = weights_dir() / entry["file"]
+        if not path.exists():
+            raise WeightsError(f"weights file {path} is missing; reinstall aecodec")
+        state = load_state_dict_file(path, entry["sha256"])
+        meta = read_metadata(path)
+        if meta.get("model_id") != model_id:
+            raise WeightsError(f"weights file {path.name} holds model {meta.get('model_id')!r}, "
+                               f"manifest says {model_id!r}")
+        model = build_model(meta, state)
+        model.model_id = model_id
+        model.meta = meta
+        _cache[model_id] = model
+        return model
+
+
+def export(model, out_path, extra_meta: Optional[Dict] = None, half: bool = True) -> Dict:
+    """Write release weights: CDF tables built once and stored; conv kernels in
+    float16 (halves the file; the shipped model *is* the rounded one)."""
+    import torch
+    from safetensors.torch import save
+
+    from .format import FORMAT_VERSION
+
+    model.update(force=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point() and v.ndim == 4 and k.endswith("weight"):
+            v = v.to(torch.float16)
+        state[k] = v
+    digest = tensors_digest(state)
+    model_id = f"{ARCH_SHORT}-{model.N}x{model.M}-{digest[:12]}"
+    meta = {
+        "architecture": ARCH,
+        "model_id": model_id,
+        "N": str(model.N),
+        "M": str(model.M),
+        "lambdas": json.dumps(list(model.lambdas)),
+        "qualities": json.dumps(list(range(1, model.levels + 1))),
+        "format_version": str(FORMAT_VERSION),
+        "tensors_sha256": digest,
+    }
+    for k, v in (extra_meta or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    blob = save(state, metadata=meta)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, out_path)
+    return {"model_id": model_id, "file": out_path.name, "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob)}
+
+
+def register(entry: Dict, directory: Optional[Path] = None, make_default: bool = True) -> None:
+    """Add an exported file to the manifest (old entries stay: old files keep decoding)."""
+    d = Path(directory) if directory else weights_dir()
+    path = d / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        manifest = {"default": None, "models": {}}
+    manifest["models"][entry["model_id"]] = {"file": entry["file"], "sha256": entry["sha256"]}
+    if make_default or not manifest.get("default"):
+        manifest["default"] = entry["model_id"]
+    tmp = path.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)

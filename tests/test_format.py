@@ -1,0 +1,111 @@
+"""The container: every field round-trips; damage of any kind is refused with FormatError."""
+
+import struct
+import zlib
+
+import pytest
+
+from aecodec.format import MAGIC, FormatError, Header, pack, unpack
+
+
+def _file(mode="RGB", extra=()):
+    h = Header(model_id="msh-test", quality=3, mode=mode, width=70, height=5, y_shape=(8, 8), z_shape=(2, 2))
+    chunks = [(b"ZSTR", b"z" * 7), (b"YSTR", b"y" * 40), *extra]
+    if mode in ("LA", "RGBA"):
+        chunks.append((b"ALPH", zlib.compress(b"\xff" * 350)))
+    return h, pack(h, chunks)
+
+
+def test_roundtrip_fields():
+    h, data = _file()
+    c = unpack(data)
+    assert c.header == h
+    assert c.chunks[b"YSTR"] == b"y" * 40 and c.chunks[b"ZSTR"] == b"z" * 7
+    assert data[:4] == MAGIC
+    assert c.header_bytes == len(data) - 47
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_modes(mode):
+    h, data = _file(mode)
+    assert unpack(data).header.mode == mode
+
+
+def test_bad_magic():
+    _, data = _file()
+    with pytest.raises(FormatError, match="magic"):
+        unpack(b"\x89PNG" + data[4:])
+    with pytest.raises(FormatError, match="magic"):
+        unpack(b"")
+
+
+def test_unknown_version():
+    _, data = _file()
+    bad = bytearray(data)
+    bad[4] = 99
+    with pytest.raises(FormatError, match="version 99"):
+        unpack(bytes(bad))
+
+
+def test_every_truncation_refused():
+    _, data = _file()
+    for n in range(len(data)):
+        with pytest.raises(FormatError):
+            unpack(data[:n])
+
+
+def test_every_bit_flip_refused():
+    _, data = _file()
+    for i in range(len(data)):
+        for bit in (0, 3, 7):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(FormatError):
+                unpack(bytes(bad))
+
+
+def test_trailing_junk_refused():
+    _, data = _file()
+    with pytest.raises(FormatError):
+        unpack(data + b"\x00")
+    with pytest.raises(FormatError):
+        unpack(data + data)
+
+
+def test_crc_mismatch_named():
+    _, data = _file()
+    bad = bytearray(data)
+    bad[-10] ^= 0x40  # inside the YSTR payload
+    with pytest.raises(FormatError, match="CRC"):
+        unpack(bytes(bad))
+
+
+def test_ancillary_chunk_skipped_critical_refused():
+    _, data = _file(extra=[(b"note", b"hello")])
+    c = unpack(data)
+    assert c.ancillary == [(b"note", b"hello")]
+    _, data = _file(extra=[(b"NOTE", b"hello")])
+    with pytest.raises(FormatError, match="critical"):
+        unpack(data)
+
+
+def test_missing_chunk_refused():
+    h = Header(model_id="m", quality=1, mode="RGB", width=1, height=1, y_shape=(4, 4), z_shape=(1, 1))
+    with pytest.raises(FormatError, match="YSTR"):
+        unpack(pack(h, [(b"ZSTR", b"z")]))
+    h.mode = "RGBA"
+    with pytest.raises(FormatError, match="alpha"):
+        unpack(pack(h, [(b"ZSTR", b"z"), (b"YSTR", b"y")]))
+
+
+def test_formaterror_is_valueerror():
+    assert issubclass(FormatError, ValueError)
+
+
+def test_header_is_big_endian_documented_layout():
+    h, data = _file()
+    # magic, version, flags, model id length, model id
+    assert data[4] == 1 and data[5] == 0 and data[6] == len("msh-test")
+    off = 7 + len("msh-test")
+    assert struct.unpack(">BBII", data[off:off + 10]) == (3, 3, 70, 5)
+    assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
