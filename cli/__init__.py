@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from aecodec.api import DEFAULT_QUALITY, QUALITIES
+from aecodec.api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES
 
 EXIT_DATA = 1  # unreadable image, corrupt file, I/O failure
 EXIT_USAGE = 2  # bad options, refusing to overwrite
@@ -88,7 +88,8 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
     """Write atomically: a temporary file in the target directory, then rename.
 
     Without ``force`` the final step is a hard link, which fails if the name
-    appeared meanwhile, so nothing is ever overwritten by accident.
+    appeared meanwhile, so nothing is ever overwritten by accident.  On any
+    error, Ctrl-C or SIGTERM the temporary file is removed: no partial output.
     """
     if out == "-":
         sys.stdout.buffer.write(data)
@@ -97,7 +98,12 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
     import tempfile
 
     p = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    except FileNotFoundError:
+        raise DataError(f"{out}: output directory {str(p.parent)!r} does not exist") from None
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -136,7 +142,142 @@ def _human(n: int) -> str:
     return str(n)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that clean-up (temporary files, workers) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _install_signal_handlers() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        pass
+
+
+class _Batch:
+    """Runs one job per input: a progress bar, one line per failure, the worst exit code."""
+
+    def __init__(self, n: int, progress: Optional[bool], what: str):
+        from tqdm import tqdm
+
+        if progress is None:
+            progress = n > 1 and sys.stderr.isatty()
+        self.bar = tqdm(total=n, unit="file", desc=what, file=sys.stderr, disable=not progress,
+                        dynamic_ncols=True, leave=False)
+        self.n = n
+        self.failed = []
+        self.code = 0
+
+    def say(self, msg: str) -> None:
+        if self.bar.disable:
+            click.echo(msg, err=True)
+        else:
+            self.bar.write(msg, file=sys.stderr)
+
+    def run(self, name: str, job) -> None:
+        try:
+            job()
+        except click.ClickException as e:
+            self.say(f"aecodec: error: {e.format_message()}")
+            self.failed.append(name)
+            self.code = max(self.code, e.exit_code)
+        except MemoryError:
+            self.say(f"aecodec: error: {name}: not enough memory")
+            self.failed.append(name)
+            self.code = max(self.code, EXIT_DATA)
+        except Exception as e:  # a bug: still one line, and the other files go on
+            if os.environ.get("AECODEC_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())[:300]
+            self.say(f"aecodec: error: {name}: internal error ({type(e).__name__}: {msg}); "
+                     "please report it (AECODEC_DEBUG=1 shows the traceback)")
+            self.failed.append(name)
+            self.code = max(self.code, EXIT_DATA)
+        finally:
+            self.bar.update(1)
+
+    def finish(self) -> None:
+        self.bar.close()
+        if self.n > 1 and self.failed:
+            shown = ", ".join(self.failed[:5]) + (", ..." if len(self.failed) > 5 else "")
+            click.echo(f"aecodec: {len(self.failed)} of {self.n} files failed: {shown}", err=True)
+        if self.code:
+            sys.exit(self.code)
+
+
+def _interruptible(fn):
+    """Ctrl-C / SIGTERM: one line, exit 130 / 143, nothing half-written left behind."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _install_signal_handlers()
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("\naecodec: interrupted", err=True)
+            sys.exit(130)
+        except _Terminated:
+            click.echo("aecodec: terminated", err=True)
+            sys.exit(143)
+
+    return wrapper
+
+
+def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str):
+    if "-" in inputs and len(inputs) > 1:
+        raise UsageProblem("'-' (stdin) cannot be combined with other inputs")
+    if output is not None and len(inputs) > 1:
+        raise UsageProblem("-o names a single output; with several inputs use -d DIR (or nothing)")
+    if output is not None and out_dir is not None:
+        raise UsageProblem("use -o or -d, not both")
+    if out_dir is not None and not Path(out_dir).is_dir():
+        raise DataError(f"{out_dir}: output directory does not exist")
+    outs = []
+    for inp in inputs:
+        if output is not None:
+            outs.append(output)
+        elif inp == "-":
+            outs.append("-")
+        elif out_dir is not None:
+            outs.append(str(Path(out_dir) / (Path(inp).stem + suffix)))
+        else:
+            outs.append(str(Path(inp).with_suffix(suffix)))
+    return outs
+
+
+def _claim(out: str, inp: str, claimed: dict) -> None:
+    """Refuse an output that is an input, or that an earlier input of this run already writes."""
+    if out == "-":
+        return
+    key = os.path.abspath(out)
+    if inp != "-" and Path(out).resolve() == Path(inp).resolve():
+        raise UsageProblem(f"{inp}: output would overwrite the input")
+    if key in claimed:
+        raise UsageProblem(f"{inp}: output {out} is also the output of {claimed[key]}")
+    claimed[key] = inp
+
+
+MAX_PIXELS_HELP = (f"refuse images over N pixels (decompression-bomb guard; 0: no limit)  "
+                   f"[default: {MAX_PIXELS} = 2^{MAX_PIXELS.bit_length() - 1}]")
+
+
+def _max_pixels(v: int):
+    return None if v == 0 else v
+
+
+def _max_pixels_option(f):
+    return click.option("--max-pixels", type=click.IntRange(min=0), default=MAX_PIXELS, show_default=False,
+                        metavar="N", help=MAX_PIXELS_HELP)(f)
+
+
 QUALITY_HELP = f"quality level {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image)"
+PROGRESS_HELP = "progress bar on stderr (default: when several files and stderr is a terminal)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -148,52 +289,76 @@ def main():
     \b
       aecodec compress photo.png        # -> photo.aec
       aecodec decompress photo.aec      # -> photo.png
+      aecodec compress *.jpg -d out/    # many files, one progress bar
       aecodec info photo.aec            # what is in the file
 
-    Exit codes: 0 ok, 1 bad data (unreadable image, corrupt file), 2 bad usage.
+    Exit codes: 0 ok, 1 bad data (unreadable image, corrupt file), 2 bad usage
+    (or an output that exists without -f); with several files, the worst of
+    them (the others are still processed).  130 after Ctrl-C.
     """
 
 
-@main.command()
-@click.argument("input", metavar="IN")
-@click.option("-o", "--output", metavar="OUT", help="output file (default: IN with .aec; '-' for stdout)")
-@click.option("-q", "--quality", type=click.IntRange(QUALITIES[0], QUALITIES[-1]), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
-@click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
-@click.option("--quiet", is_flag=True, help="no summary line on stderr")
-def compress(input: str, output: Optional[str], quality: int, force: bool, quiet: bool):
-    """Compress an image (PNG, JPEG, WebP, TIFF, BMP, ...) to an .aec file.
-
-    IN may be '-' to read from stdin (output then defaults to stdout).
-    """
-    if output is None:
-        output = "-" if input == "-" else str(Path(input).with_suffix(".aec"))
-    if output != "-" and input != "-" and Path(output).resolve() == Path(input).resolve():
-        raise UsageProblem("output would overwrite the input")
-    _check_output(output, force)
-    raw = _read_input(input)
-    t0 = time.time()
+def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, max_pixels, say) -> None:
     import io
 
     import aecodec
+    from aecodec.api import compress_planes
     from aecodec.image import ImageError, open_image
 
+    _check_output(out, force)
+    t0 = time.time()
     try:
-        planes = open_image(io.BytesIO(raw), name=input) if raw else None
+        if inp == "-":
+            raw = _read_input(inp)
+            if not raw:
+                raise DataError(f"{inp}: empty input")
+            planes = open_image(io.BytesIO(raw), name="<stdin>", max_pixels=max_pixels)
+        else:
+            p = Path(inp)
+            if p.is_file() and p.stat().st_size == 0:
+                raise DataError(f"{inp}: empty file")
+            planes = open_image(p, name=inp, max_pixels=max_pixels)
     except ImageError as e:
         raise DataError(str(e)) from None
-    if planes is None:
-        raise DataError(f"{input}: empty file")
+    for note in planes.notes:
+        say(f"aecodec: warning: {inp}: {note}")
     try:
-        from aecodec.api import compress_planes
-
-        data = compress_planes(planes, quality)
-    except aecodec.WeightsError as e:
-        raise DataError(str(e)) from None
-    _write_output(output, data, force)
+        data = compress_planes(planes, quality, max_pixels=max_pixels)
+    except (aecodec.WeightsError, ValueError) as e:  # ImageError, FormatError are ValueErrors
+        raise DataError(f"{inp}: {e}") from None
+    _write_output(out, data, force)
     if not quiet:
         bpp = 8 * len(data) / (planes.width * planes.height)
-        click.echo(f"{input} -> {output}: {planes.width}x{planes.height} {planes.mode}, q{quality}, "
-                   f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s", err=True)
+        say(f"{inp} -> {out}: {planes.width}x{planes.height} {planes.mode}, q{quality}, "
+            f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s")
+
+
+@main.command()
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="OUT", help="output file, for a single IN (default: IN with .aec; '-' for stdout)")
+@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR (default: next to each IN)")
+@click.option("-q", "--quality", type=click.IntRange(QUALITIES[0], QUALITIES[-1]), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
+@click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
+@_max_pixels_option
+@click.option("--progress/--no-progress", default=None, help=PROGRESS_HELP)
+@click.option("--quiet", is_flag=True, help="no summary line per file on stderr")
+@_interruptible
+def compress(inputs, output: Optional[str], out_dir: Optional[str], quality: int, force: bool, max_pixels: int,
+             progress: Optional[bool], quiet: bool):
+    """Compress images (PNG, JPEG, WebP, TIFF, BMP, GIF, ...) to .aec files.
+
+    IN may be '-' to read one image from stdin (output then defaults to
+    stdout).  With several INs, a failure is reported and the others go on.
+    """
+    outs = _outputs(list(inputs), output, out_dir, ".aec")
+    batch = _Batch(len(inputs), progress, "compress")
+    claimed = {}
+    for inp, out in zip(inputs, outs):
+        def job(inp=inp, out=out):
+            _claim(out, inp, claimed)
+            _compress_one(inp, out, quality, force, quiet, _max_pixels(max_pixels), batch.say)
+        batch.run(inp, job)
+    batch.finish()
 
 
 def _image_format_for(path: str) -> str:
@@ -208,48 +373,90 @@ def _image_format_for(path: str) -> str:
     return fmt
 
 
-@main.command()
-@click.argument("input", metavar="IN")
-@click.option("-o", "--output", metavar="OUT",
-              help="output image; format from its extension (default: IN with .png; '-' for PNG on stdout)")
-@click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
-@click.option("--quiet", is_flag=True, help="no summary line on stderr")
-def decompress(input: str, output: Optional[str], force: bool, quiet: bool):
-    """Decompress an .aec file to an image (PNG unless OUT says otherwise)."""
-    if output is None:
-        output = "-" if input == "-" else str(Path(input).with_suffix(".png"))
-    fmt = "PNG" if output == "-" else _image_format_for(output)
-    _check_output(output, force)
-    raw = _read_input(input)
-    t0 = time.time()
+# Formats whose Pillow writer stores an ICC profile.
+_ICC_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL", "JPEG2000"}
+
+
+def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, precision: str, say) -> None:
     import io
 
     import aecodec
 
+    fmt = "PNG" if out == "-" else _image_format_for(out)
+    _check_output(out, force)
+    raw = _read_input(inp)
+    t0 = time.time()
     try:
-        img = aecodec.decompress(raw)
+        img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
     except aecodec.FormatError as e:
-        raise DataError(f"{input}: {e}") from None
+        raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:
-        raise DataError(str(e)) from None
+        raise DataError(f"{inp}: {e}") from None
+    if fmt == "JPEG" and img.mode in ("LA", "RGBA"):
+        raise UsageProblem(f"{out}: JPEG cannot hold the alpha channel; use .png")
+    icc = img.info.get("icc_profile")
+    params = {}
+    if icc:
+        if fmt in _ICC_FORMATS:
+            params["icc_profile"] = icc
+        else:
+            say(f"aecodec: warning: {inp}: {fmt} cannot hold the image's ICC profile; it is not saved")
     buf = io.BytesIO()
     try:
-        if fmt == "JPEG" and img.mode in ("LA", "RGBA"):
-            raise UsageProblem(f"{output}: JPEG cannot hold the alpha channel; use .png")
-        img.save(buf, format=fmt)
+        img.save(buf, format=fmt, **params)
     except (OSError, ValueError, KeyError) as e:
-        raise UsageProblem(f"{output}: cannot save a {img.mode} image as {fmt} ({e})") from None
-    _write_output(output, buf.getvalue(), force)
+        raise UsageProblem(f"{out}: cannot save a {img.mode} image as {fmt} ({e})") from None
+    _write_output(out, buf.getvalue(), force)
     if not quiet:
-        click.echo(f"{input} -> {output}: {img.width}x{img.height} {img.mode}, "
-                   f"{time.time() - t0:.2f} s", err=True)
+        say(f"{inp} -> {out}: {img.width}x{img.height} {img.mode}, {time.time() - t0:.2f} s")
+
+
+@main.command()
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="OUT",
+              help="output image for a single IN; format from its extension (default: IN with .png; '-' for PNG on stdout)")
+@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs (PNG) into DIR (default: next to each IN)")
+@click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
+@_max_pixels_option
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="arithmetic of the synthesis transform: float64 makes the pixels independent of the "
+                   "machine's convolution kernels, about 3x slower")
+@click.option("--progress/--no-progress", default=None, help=PROGRESS_HELP)
+@click.option("--quiet", is_flag=True, help="no summary line per file on stderr")
+@_interruptible
+def decompress(inputs, output: Optional[str], out_dir: Optional[str], force: bool, max_pixels: int,
+               precision: str, progress: Optional[bool], quiet: bool):
+    """Decompress .aec files to images (PNG unless OUT says otherwise).
+
+    With several INs, a failure is reported and the others go on.
+    """
+    outs = _outputs(list(inputs), output, out_dir, ".png")
+    batch = _Batch(len(inputs), progress, "decompress")
+    claimed = {}
+    for inp, out in zip(inputs, outs):
+        def job(inp=inp, out=out):
+            _claim(out, inp, claimed)
+            _decompress_one(inp, out, force, quiet, _max_pixels(max_pixels), precision, batch.say)
+        batch.run(inp, job)
+    batch.finish()
 
 
 @main.command()
 @click.argument("file", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
-def info(file: str, as_json: bool):
-    """Describe an .aec file: size, quality, model, colour mode (no decoding)."""
+@click.option("--heatmap", "heatmap", metavar="OUT.png",
+              help="also decode and draw the bits spent per region beside the decoded image")
+@click.option("-f", "--force", is_flag=True, help="overwrite the --heatmap file if it exists")
+def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
+    """Describe an .aec file: size, quality, model, colour mode (no decoding).
+
+    With --heatmap OUT.png, draw where the bits go: the entropy model's cost of
+    every coded latent, spread over the pixels it covers, beside the decoded image.
+    """
+    if heatmap is not None:
+        if Path(heatmap).suffix.lower() != ".png":
+            raise UsageProblem(f"{heatmap}: the heatmap is written as .png")
+        _check_output(heatmap, force)
     raw = _read_input(file)
     import aecodec
 
@@ -257,6 +464,17 @@ def info(file: str, as_json: bool):
         d = aecodec.info(raw)
     except aecodec.FormatError as e:
         raise DataError(f"{file}: {e}") from None
+    if heatmap is not None:
+        import io
+
+        from aecodec.heatmap import draw_heatmap
+
+        buf = io.BytesIO()
+        try:
+            draw_heatmap(raw, buf)
+        except aecodec.FormatError as e:
+            raise DataError(f"{file}: {e}") from None
+        _write_output(heatmap, buf.getvalue(), force)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -267,7 +485,43 @@ def info(file: str, as_json: bool):
                f"  latents   y {d['y_shape'][0]}x{d['y_shape'][1]}, z {d['z_shape'][0]}x{d['z_shape'][1]}\n"
                f"  size      {d['file_bytes']} bytes, {d['bpp']:.4f} bpp "
                f"(y {d['chunks'].get('YSTR', 0)} B, z {d['chunks'].get('ZSTR', 0)} B"
-               + (f", alpha {d['chunks']['ALPH']} B" if 'ALPH' in d['chunks'] else "") + ")")
+               + (f", alpha {d['chunks']['ALPH']} B" if 'ALPH' in d['chunks'] else "") + ")"
+               + (f"\n  colour    ICC profile, {d['icc_profile_bytes']} bytes" if d.get("icc_profile_bytes") else ""))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.pass_context
+def train(ctx):
+    """Train (or resume training) the model on a folder of images. See `aecodec train --help`."""
+    from aecodec.train import main as train_main
+
+    ctx.exit(train_main(ctx.args, prog="aecodec train"))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="add the weights to the manifest next to OUT and make them the default")
+@click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
+def export(checkpoint: str, out: str, register: bool, force: bool):
+    """Bake the CDF tables of a training CHECKPOINT into release weights OUT (.safetensors)."""
+    if not out.endswith(".safetensors"):
+        raise UsageProblem(f"{out}: release weights are written as .safetensors")
+    _check_output(out, force)
+    from aecodec.export import export_checkpoint
+
+    try:
+        entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None)
+    except (OSError, KeyError, RuntimeError) as e:
+        raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
+    click.echo(json.dumps(entry, indent=2))
+
+
+from . import bench as _bench_module  # noqa: E402  (imports only click until it runs)
+
+main.add_command(_bench_module.bench)
 
 
 if __name__ == "__main__":  # pragma: no cover

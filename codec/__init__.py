@@ -10,7 +10,7 @@ plugin, so ``PIL.Image.open("photo.aec")`` decodes .aec files.
 
 from .api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES, compress, decompress, info
 from .format import FORMAT_VERSION, FormatError
-from .image import ImageError
+from .image import AecodecWarning, ImageError
 from .weights import WeightsError
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FormatError",
     "ImageError",
+    "AecodecWarning",
     "WeightsError",
     "__version__",
 ]

@@ -8,14 +8,18 @@ from typing import Dict, Optional
 import numpy as np
 
 from .format import Container, FormatError, Header, pack, unpack
-from .image import Planes, planes_to_pil, to_planes
+from .image import Planes, check_size, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_QUALITY = 6
 MULTIPLE = 64  # g_a downsamples 16x, h_a 4x more
 
-# Largest image the decoder will allocate for (pixels); see docs/FORMAT.md.
-MAX_PIXELS = 64 * 2**20 * 4  # 256 Mpx
+# Largest image (pixels) the decoder will allocate for, and the encoder will
+# write by default: the decompression-bomb guard (docs/ROBUSTNESS.md).  Raise it
+# per call with max_pixels= (command line: --max-pixels).
+MAX_PIXELS = 2**27  # 134 Mpx
+MAX_ICC_BYTES = 16 * 2**20
+PRECISIONS = ("float32", "float64")
 
 
 def check_quality(quality) -> int:
@@ -32,15 +36,23 @@ def _latent_shapes(h: int, w: int):
     return (ph, pw), (ph // 16, pw // 16), (ph // 64, pw // 64)
 
 
-def _to_tensor(rgb: np.ndarray):
-    """HxWx3 uint8 -> 1x3xH'xW' float in [0,1], edge-padded to a multiple of 64."""
-    import torch
-
+def _pad(rgb: np.ndarray) -> np.ndarray:
+    """Edge-pad HxWx3 uint8 to a multiple of 64 on each side."""
     h, w = rgb.shape[:2]
     (ph, pw), _, _ = _latent_shapes(h, w)
     if (ph, pw) != (h, w):
         rgb = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+    return np.ascontiguousarray(rgb)
+
+
+def _to_tensor(rgb: np.ndarray):
+    """HxWx3 uint8 -> 1x3xH'xW' float in [0,1], edge-padded to a multiple of 64."""
+    import torch
+
+    rgb = _pad(rgb)
+    if not rgb.flags.writeable:
+        rgb = rgb.copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 def _to_uint8(x_hat, h: int, w: int) -> np.ndarray:
@@ -48,80 +60,115 @@ def _to_uint8(x_hat, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().numpy()
 
 
-def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Optional[str] = None) -> bytes:
+def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Optional[str] = None,
+                    max_pixels: Optional[int] = MAX_PIXELS, tile: Optional[int] = None) -> bytes:
+    from . import coding, tiling
     from .weights import load_model
 
     q = check_quality(quality)
+    check_size(planes.width, planes.height, max_pixels)
     model = load_model(model_id)
     if q > model.levels:
         raise ValueError(f"model {model.model_id} has {model.levels} quality levels")
-    x = _to_tensor(planes.rgb)
-    out = model.compress(x, q - 1)
-    chunks = [(b"ZSTR", out["strings"][1][0]), (b"YSTR", out["strings"][0][0])]
+    enc = coding.encode(model, _pad(planes.rgb), q - 1, tile or tiling.TILE)
+    chunks = [(b"ZSTR", enc.z_string), (b"YSTR", enc.y_string)]
+    if enc.guard:
+        chunks.append((b"YIDX", enc.guard))
     if planes.alpha is not None:
         chunks.append((b"ALPH", zlib.compress(np.ascontiguousarray(planes.alpha).tobytes(), 9)))
+    if planes.icc and len(planes.icc) <= MAX_ICC_BYTES:
+        chunks.append((b"iCCP", zlib.compress(bytes(planes.icc), 9)))
     header = Header(model_id=model.model_id, quality=q, mode=planes.mode, width=planes.width,
-                    height=planes.height, y_shape=out["y_shape"], z_shape=out["shape"])
+                    height=planes.height, y_shape=enc.y_shape, z_shape=enc.z_shape)
     return pack(header, chunks)
 
 
-def compress(image, quality: int = DEFAULT_QUALITY) -> bytes:
+def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
     """Compress a PIL.Image or an HxW / HxWx3 / HxWx4 uint8 array to .aec bytes.
 
-    Raises ValueError for a quality outside ``QUALITIES``.
+    Raises ValueError for a quality outside ``QUALITIES`` and ImageError (a
+    ValueError) for an image over ``max_pixels`` (None: no limit) or one the
+    format cannot hold.  What was changed on the way in (16-bit samples,
+    animation, CMYK) is reported as an ``AecodecWarning``.
     """
     check_quality(quality)
-    return compress_planes(to_planes(image), quality)
+    planes = to_planes(image)
+    warn_notes(planes)
+    return compress_planes(planes, quality, max_pixels=max_pixels)
 
 
-def _check_container(c: Container, max_pixels: int) -> None:
+def _check_container(c: Container, max_pixels: Optional[int]) -> None:
     h = c.header
-    if h.width * h.height > max_pixels:
+    if max_pixels is not None and h.width * h.height > max_pixels:
         raise FormatError(f"image is {h.width}x{h.height} ({h.width * h.height / 1e6:.0f} Mpx), over the "
-                          f"decoder's limit of {max_pixels / 1e6:.0f} Mpx")
+                          f"decoder's limit of {max_pixels / 1e6:.0f} Mpx (raise it with --max-pixels / "
+                          f"max_pixels= if you trust the file)")
     _, y_shape, z_shape = _latent_shapes(h.height, h.width)
     if tuple(h.y_shape) != y_shape or tuple(h.z_shape) != z_shape:
         raise FormatError("corrupt header: latent shapes do not match the image size")
 
 
-def decode_container(c: Container, max_pixels: int = MAX_PIXELS):
+def _inflate(blob: bytes, limit: int, what: str) -> bytes:
+    """zlib-decompress at most ``limit`` bytes (a zlib bomb cannot allocate more)."""
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(blob, limit)
+    except zlib.error as e:
+        raise FormatError(f"corrupt {what}: {e}") from None
+    if d.unconsumed_tail or not d.eof or d.unused_data:
+        raise FormatError(f"corrupt {what}: wrong size")
+    return raw
+
+
+def decode_icc(c: Container) -> Optional[bytes]:
+    blob = c.ancillary_chunk(b"iCCP")
+    if blob is None:
+        return None
+    try:
+        return _inflate(blob, MAX_ICC_BYTES, "ICC profile") or None
+    except FormatError:
+        return None  # ancillary: a damaged profile is dropped, the image still decodes
+
+
+def decode_container(c: Container, max_pixels: Optional[int] = MAX_PIXELS, precision: str = "float32",
+                     tile: Optional[int] = None):
     """Decode a parsed container to (rgb uint8 HxWx3, alpha or None)."""
+    from . import coding, tiling
     from .weights import load_model
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     _check_container(c, max_pixels)
     h = c.header
-    model = load_model(h.model_id)
-    if not 1 <= h.quality <= model.levels:
-        raise FormatError(f"corrupt header: quality {h.quality} not in 1..{model.levels}")
-    try:
-        out = model.decompress([[c.chunks[b"YSTR"]], [c.chunks[b"ZSTR"]]], h.z_shape, h.quality - 1)
-    except (RuntimeError, ValueError) as e:
-        raise FormatError(f"corrupt payload: {e}") from None
-    if not bool(out["y_hat"].isfinite().all()):
-        raise FormatError("corrupt payload: decoded latents are not finite")
-    rgb = _to_uint8(out["x_hat"], h.height, h.width)
     alpha = None
-    if h.mode in ("LA", "RGBA"):
-        try:
-            raw = zlib.decompress(c.chunks[b"ALPH"], bufsize=h.width * h.height)
-        except zlib.error as e:
-            raise FormatError(f"corrupt alpha plane: {e}") from None
+    if h.mode in ("LA", "RGBA"):  # cheap checks first
+        raw = _inflate(c.chunks[b"ALPH"], h.width * h.height, "alpha plane")
         if len(raw) != h.width * h.height:
             raise FormatError("corrupt alpha plane: wrong size")
         alpha = np.frombuffer(raw, dtype=np.uint8).reshape(h.height, h.width)
+    model = load_model(h.model_id)
+    if not 1 <= h.quality <= model.levels:
+        raise FormatError(f"corrupt header: quality {h.quality} not in 1..{model.levels}")
+    rgb = coding.decode(model, c.chunks[b"ZSTR"], c.chunks[b"YSTR"], c.chunks.get(b"YIDX", b""),
+                        tuple(h.z_shape), h.quality - 1, h.height, h.width, precision, tile or tiling.TILE)
     return rgb, alpha
 
 
-def decompress(data: bytes, max_pixels: int = MAX_PIXELS):
+def decompress(data: bytes, max_pixels: Optional[int] = MAX_PIXELS, precision: str = "float32"):
     """Decode .aec bytes to a PIL.Image (mode L, LA, RGB or RGBA as the original).
+
+    ``max_pixels`` refuses files that claim more pixels before anything is
+    allocated (None: no limit).  ``precision="float64"`` runs the synthesis
+    transform in float64: slower (about 3x), but the pixels no longer depend
+    on the convolution kernels of the machine (see docs/ROBUSTNESS.md).
 
     Raises FormatError (a ValueError) when the data is not a valid .aec file.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))
-    rgb, alpha = decode_container(c, max_pixels)
-    return planes_to_pil(rgb, alpha, c.header.mode)
+    rgb, alpha = decode_container(c, max_pixels, precision)
+    return planes_to_pil(rgb, alpha, c.header.mode, decode_icc(c))
 
 
 def info(data: bytes) -> Dict:
@@ -131,4 +178,9 @@ def info(data: bytes) -> Dict:
     d["file_bytes"] = len(data)
     d["bpp"] = 8 * len(data) / (c.header.width * c.header.height)
     d["chunks"] = {k.decode(): len(v) for k, v in c.chunks.items()}
+    for tag, blob in c.ancillary:
+        d["chunks"].setdefault(tag.decode("latin-1"), len(blob))
+    icc = decode_icc(c)
+    d["icc_profile_bytes"] = len(icc) if icc else 0
     return d
+

@@ -10,11 +10,12 @@ from typing import Dict, Optional
 def load_checkpoint_model(ckpt_path):
     import torch
 
-    from .model import GainedMeanScaleHyperprior
+    from .model import ARCHITECTURES, GainedMeanScaleHyperprior
 
     st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = st["config"]
-    model = GainedMeanScaleHyperprior(N=cfg["N"], M=cfg["M"], lambdas=cfg["lambdas"])
+    cls = ARCHITECTURES[cfg.get("arch", GainedMeanScaleHyperprior.arch)]
+    model = cls(N=cfg["N"], M=cfg["M"], lambdas=cfg["lambdas"])
     model.load_state_dict(st["model"], strict=False)
     model.eval()
     return model, st

@@ -19,9 +19,11 @@ Layout (all integers big-endian)::
     crc32        4   CRC-32 (zlib) of every byte before it
 
 Chunks: ``YSTR`` (y string), ``ZSTR`` (z string), ``ALPH`` (zlib-compressed
-alpha plane, width*height bytes, for LA and RGBA).  A chunk whose tag starts with
-a lower-case letter is ancillary: decoders that do not know it skip it.  An
-unknown critical (upper-case) chunk is an error.
+alpha plane, width*height bytes, for LA and RGBA), ``YIDX`` (optional: scale
+indexes of latents whose predicted scale lies at a table entry, the desync
+guard), ``iCCP`` (optional, ancillary: zlib-compressed ICC profile).  A chunk
+whose tag starts with a lower-case letter is ancillary: decoders that do not
+know it skip it.  An unknown critical (upper-case) chunk is an error.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ SUPPORTED_VERSIONS = (1,)
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_CODES = {v: k for k, v in MODES.items()}
 
-KNOWN_CHUNKS = {b"YSTR", b"ZSTR", b"ALPH"}
+KNOWN_CHUNKS = {b"YSTR", b"ZSTR", b"ALPH", b"YIDX"}
+KNOWN_ANCILLARY = {b"iCCP"}
 MAX_CHUNKS = 32
-MAX_DIMENSION = 2**31 - 1
+# The latent shapes are 16-bit fields: y_w = ceil(width/64)*4 <= 65535.
+MAX_DIMENSION = (65535 // 4) * 64  # 1,048,512 pixels per side
 
 _FIXED_MIN = 4 + 1 + 1 + 1 + 1 + 1 + 1 + 4 + 4 + 8 + 1 + 4
 
@@ -78,7 +82,13 @@ class Container:
     header: Header
     chunks: Dict[bytes, bytes] = field(default_factory=dict)
     ancillary: List[Tuple[bytes, bytes]] = field(default_factory=list)
-    header_bytes: int = 0  # bytes that are not chunk payload (header, chunk headers, CRC)
+    header_bytes: int = 0  # bytes other than the YSTR/ZSTR payloads (header, chunk headers, side chunks, CRC)
+
+    def ancillary_chunk(self, tag: bytes):
+        for t, blob in self.ancillary:
+            if t == tag:
+                return blob
+        return None
 
 
 def pack(header: Header, chunks: List[Tuple[bytes, bytes]]) -> bytes:
@@ -88,7 +98,7 @@ def pack(header: Header, chunks: List[Tuple[bytes, bytes]]) -> bytes:
     if header.mode not in MODE_CODES:
         raise ValueError(f"unsupported colour mode {header.mode!r}")
     if not (1 <= header.width <= MAX_DIMENSION and 1 <= header.height <= MAX_DIMENSION):
-        raise ValueError("width and height must be >= 1")
+        raise ValueError(f"width and height must be 1..{MAX_DIMENSION}")
     if len(chunks) > MAX_CHUNKS:
         raise ValueError("too many chunks")
     out = bytearray()
@@ -163,7 +173,6 @@ def unpack(data: bytes) -> Container:
         raise FormatError(f"corrupt header: {n_chunks} chunks")
     chunks: Dict[bytes, bytes] = {}
     ancillary: List[Tuple[bytes, bytes]] = []
-    payload = 0
     for _ in range(n_chunks):
         if r.pos + 8 > body_end:
             raise FormatError("truncated file: ends inside a chunk header")
@@ -172,12 +181,13 @@ def unpack(data: bytes) -> Container:
         if r.pos + length > body_end:
             raise FormatError(f"truncated file: chunk {tag!r} needs {length} bytes")
         blob = r.take(length, "chunk")
-        payload += length
         if tag in KNOWN_CHUNKS:
             if tag in chunks:
                 raise FormatError(f"corrupt file: duplicate chunk {tag.decode('latin-1')}")
             chunks[tag] = blob
         elif tag[:1].islower():
+            if tag in KNOWN_ANCILLARY and any(t == tag for t, _ in ancillary):
+                raise FormatError(f"corrupt file: duplicate chunk {tag.decode('latin-1')}")
             ancillary.append((tag, blob))
         else:
             raise FormatError(f"unknown critical chunk {tag!r}")
@@ -193,5 +203,7 @@ def unpack(data: bytes) -> Container:
             raise FormatError(f"corrupt file: missing {need.decode()} chunk")
     if header.mode in ("LA", "RGBA") and b"ALPH" not in chunks:
         raise FormatError("corrupt file: missing alpha chunk")
-    return Container(header=header, chunks=chunks, ancillary=ancillary,
-                     header_bytes=len(data) - payload)
+    if header.mode not in ("LA", "RGBA") and b"ALPH" in chunks:
+        raise FormatError("corrupt file: alpha chunk in a file without alpha")
+    coded = len(chunks[b"YSTR"]) + len(chunks[b"ZSTR"])
+    return Container(header=header, chunks=chunks, ancillary=ancillary, header_bytes=len(data) - coded)

@@ -1,17 +1,44 @@
-"""Image input/output: reading any Pillow image into the codec's planes, and back."""
+"""Image input/output: reading any Pillow image into the codec's planes, and back.
+
+What happens to each kind of input (see docs/ROBUSTNESS.md):
+
+* L, RGB: coded as they are (grey as three equal channels).
+* LA, RGBA, P/PA with transparency: colour coded, alpha stored losslessly.
+* P (palette), 1 (bilevel): expanded to RGB / L.
+* 16-bit samples: reduced to 8 bits with a warning.  Grey (``I;16``) to the
+  nearest 8-bit level, round(v / 257); 16-bit colour PNG/TIFF arrive from
+  Pillow already reduced to their high byte (v >> 8, at most one level below
+  the nearest).  ``I`` (32-bit) and ``F`` (float) grey likewise, with a warning.
+* CMYK: converted to sRGB through its embedded ICC profile when it has one,
+  else with Pillow's naive formula (warning: colours approximate).  Other
+  modes (YCbCr, LAB, HSV, ...) are converted to RGB.
+* EXIF orientation is applied to the pixels (the decoded image is upright).
+* An ICC profile of an L/LA/RGB/RGBA/P image is carried in the file and
+  restored by the decoder.  Other metadata (EXIF, XMP, text) is not carried.
+* Animated images (GIF, APNG, WebP, ...): the first frame, with a warning.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+import threading
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+MAX_ICC_BYTES = 16 * 2**20  # a larger "profile" is dropped with a warning
+
 
 class ImageError(ValueError):
     """The input is not an image aecodec can read."""
+
+
+class AecodecWarning(UserWarning):
+    """Something about the input was changed or dropped (16-bit, animation, ...)."""
 
 
 @dataclass
@@ -21,6 +48,8 @@ class Planes:
     rgb: np.ndarray  # H x W x 3 uint8
     alpha: Optional[np.ndarray]  # H x W uint8 or None
     mode: str  # original colour mode the decoder restores: L, LA, RGB or RGBA
+    icc: Optional[bytes] = None  # ICC profile to carry, if any
+    notes: List[str] = field(default_factory=list)  # what was changed on the way in
 
     @property
     def width(self) -> int:
@@ -34,49 +63,106 @@ class Planes:
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
-    if arr.dtype == np.uint16 or arr.dtype == np.int32 and arr.max(initial=0) > 255:
-        # 16-bit samples: keep the 8 most significant bits (rounded).
-        return np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
     if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         return np.clip((arr * scale).round(), 0, 255).astype(np.uint8)
+    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
+        # 16-bit samples: the nearest 8-bit level (v / 257 maps 65535 to 255 exactly).
+        return np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def planes_from_pil(im: Image.Image) -> Planes:
-    """Convert a PIL image (any mode) to planes, applying its EXIF orientation."""
+def _grey(g: np.ndarray) -> np.ndarray:
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def _raw_modes(im: Image.Image) -> List[str]:
+    out = []
+    for t in getattr(im, "tile", None) or []:
+        args = t[3] if len(t) > 3 else None
+        out.append(str(args[0] if isinstance(args, tuple) and args else args))
+    return out
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: Optional[bytes], notes: List[str]) -> Image.Image:
+    if icc:
+        try:
+            import io
+
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+        except Exception as e:  # a broken or unsupported profile: fall back, say so
+            notes.append(f"CMYK image: its ICC profile could not be applied ({e}); "
+                         "converted with the naive formula, colours are approximate")
+            return im.convert("RGB")
+    notes.append("CMYK image without an ICC profile: converted to RGB with the naive formula, "
+                 "colours are approximate")
+    return im.convert("RGB")
+
+
+def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> Planes:
+    """Convert a PIL image (any mode) to planes, applying its EXIF orientation.
+
+    ``raw_modes``: the file's sample layouts (``im.tile`` before ``load()``
+    empties it), to tell 16-bit colour files from 8-bit ones.
+    """
+    notes: List[str] = []
+    raw_modes = _raw_modes(im) if raw_modes is None else raw_modes
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not stop the image from being coded
-        pass
+        notes.append("unreadable EXIF orientation ignored")
+    icc = im.info.get("icc_profile") or None
+    if icc is not None and not isinstance(icc, (bytes, bytearray)):
+        icc = None
+    if icc is not None and len(icc) > MAX_ICC_BYTES:
+        notes.append(f"ICC profile of {len(icc)} bytes dropped (limit {MAX_ICC_BYTES})")
+        icc = None
     mode = im.mode
-    if mode == "P" or mode == "PA":
+    if any(";16" in r for r in raw_modes) or mode.startswith("I;16"):
+        notes.append("16-bit samples reduced to 8 bits (aecodec codes 8 bits per sample)")
+    elif mode in ("I", "F"):
+        notes.append(f"{'32-bit integer' if mode == 'I' else 'floating-point'} samples reduced to 8 bits")
+
+    if mode in ("P", "PA"):
         im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
         mode = im.mode
+    if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
+        im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
     if mode == "1":
         im, mode = im.convert("L"), "L"
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        grey = _to_8bit(np.asarray(im))
-        return Planes(np.repeat(grey[:, :, None], 3, axis=2).copy(), None, "L")
+    if mode in ("CMYK",):
+        im, mode, icc = _cmyk_to_rgb(im, icc, notes), "RGB", None
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Planes(_grey(_to_8bit(np.asarray(im))), None, "L", icc, notes)
     if mode == "L":
-        g = np.asarray(im, dtype=np.uint8)
-        return Planes(np.repeat(g[:, :, None], 3, axis=2).copy(), None, "L")
-    if mode == "LA" or mode == "La":
+        return Planes(_grey(np.asarray(im, dtype=np.uint8)), None, "L", icc, notes)
+    if mode in ("LA", "La"):
         a = np.asarray(im.convert("LA"), dtype=np.uint8)
-        return Planes(np.repeat(a[:, :, :1], 3, axis=2).copy(), a[:, :, 1].copy(), "LA")
+        return Planes(_grey(a[:, :, 0]), a[:, :, 1].copy(), "LA", icc, notes)
     if mode in ("RGBA", "RGBa"):
         a = np.asarray(im.convert("RGBA"), dtype=np.uint8)
-        return Planes(a[:, :, :3].copy(), a[:, :, 3].copy(), "RGBA")
+        return Planes(a[:, :, :3].copy(), a[:, :, 3].copy(), "RGBA", icc, notes)
     if mode != "RGB":
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
-    return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB")
+        try:
+            im = im.convert("RGB")  # YCbCr, LAB, HSV, RGBX, ...
+        except ValueError as e:
+            raise ImageError(f"cannot convert a {mode} image to RGB ({e})") from None
+        if mode not in ("RGBX", "YCbCr"):
+            icc = None  # the profile described the old colour space
+    return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB", icc, notes)
 
 
 def planes_from_array(arr: np.ndarray) -> Planes:
     arr = np.asarray(arr)
     if arr.ndim == 2:
-        g = _to_8bit(arr)
-        return Planes(np.repeat(g[:, :, None], 3, axis=2).copy(), None, "L")
+        return Planes(_grey(_to_8bit(arr)), None, "L")
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         a = _to_8bit(arr)
         if a.shape[2] == 4:
@@ -97,19 +183,52 @@ def to_planes(image) -> Planes:
     return p
 
 
-def open_image(src, name: Optional[str] = None) -> Planes:
-    """Read an image from a path or a binary file object. Raises ImageError with a one-line reason."""
+def check_size(width: int, height: int, max_pixels: Optional[int], what: str = "image") -> None:
+    """Refuse sizes the format cannot hold, and sizes over ``max_pixels`` (None: no limit)."""
+    from .format import MAX_DIMENSION
+
+    if width < 1 or height < 1:
+        raise ImageError(f"{what} has no pixels")
+    if width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise ImageError(f"{what} is {width}x{height}; an .aec file holds at most {MAX_DIMENSION} pixels per side")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} Mpx), over the limit of "
+                         f"{max_pixels / 1e6:.1f} Mpx (raise it with --max-pixels / max_pixels=)")
+
+
+_pillow_limit_lock = threading.Lock()
+
+
+def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None) -> Planes:
+    """Read an image from a path or a binary file object. Raises ImageError with a one-line reason.
+
+    The size is checked against ``max_pixels`` before any pixel is decoded
+    (this replaces Pillow's own decompression-bomb limit).  Notes about what
+    was changed (16-bit, animation, ...) are in ``Planes.notes``.
+    """
     if not hasattr(src, "read"):
         src = Path(src)
     path = name or str(src if isinstance(src, Path) else "<stream>")
     try:
-        with Image.open(src) as im:
-            if getattr(im, "n_frames", 1) > 1:
-                import warnings
-
-                warnings.warn(f"{path}: animated image, only the first frame is coded", stacklevel=2)
+        with _pillow_limit_lock:
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
+            try:
+                im = Image.open(src)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            check_size(im.width, im.height, max_pixels, what="image")
+            notes = []
+            if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
+                notes.append("image has several frames (animation or pages): only the first is coded")
+            raw_modes = _raw_modes(im)
             im.load()
-            return to_planes(im)
+            p = planes_from_pil(im, raw_modes)
+            p.notes[:0] = notes
+            return p
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -120,17 +239,32 @@ def open_image(src, name: Optional[str] = None) -> Planes:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode the image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
+        raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
 
 
-def planes_to_pil(rgb: np.ndarray, alpha: Optional[np.ndarray], mode: str) -> Image.Image:
+def _one_line(e: BaseException) -> str:
+    s = str(e) or type(e).__name__
+    return " ".join(s.split())[:200]
+
+
+def warn_notes(planes: Planes, stacklevel: int = 3) -> None:
+    for n in planes.notes:
+        warnings.warn(n, AecodecWarning, stacklevel=stacklevel)
+
+
+def planes_to_pil(rgb: np.ndarray, alpha: Optional[np.ndarray], mode: str, icc: Optional[bytes] = None) -> Image.Image:
     if mode in ("L", "LA"):
         # The codec works in RGB; grey is restored as the rounded channel mean.
-        g = np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
-        if mode == "L":
-            return Image.fromarray(g, "L")
-        return Image.fromarray(np.stack([g, alpha], axis=2), "LA")
-    if mode == "RGBA":
-        return Image.fromarray(np.concatenate([rgb, alpha[:, :, None]], axis=2), "RGBA")
-    return Image.fromarray(rgb, "RGB")
+        # round((r+g+b)/3): a third is never exactly .5, so this is (s + 1) // 3
+        g = ((rgb.astype(np.uint16).sum(axis=2, dtype=np.uint16) + 1) // 3).astype(np.uint8)
+        im = Image.fromarray(g, "L") if mode == "L" else Image.fromarray(np.stack([g, alpha], axis=2), "LA")
+    elif mode == "RGBA":
+        im = Image.fromarray(np.concatenate([rgb, alpha[:, :, None]], axis=2), "RGBA")
+    else:
+        im = Image.fromarray(rgb, "RGB")
+    if icc:
+        im.info["icc_profile"] = icc
+    return im

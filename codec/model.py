@@ -83,6 +83,8 @@ class GainedMeanScaleHyperprior(CompressionModel):
             number of levels is ``len(lambdas)``.
     """
 
+    arch = "gained-mean-scale-hyperprior"
+    short_name = "msh"
     downsampling = 64  # g_a (16) x h_a (4): inputs are padded to a multiple of this
 
     def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS):
@@ -226,28 +228,85 @@ class GainedMeanScaleHyperprior(CompressionModel):
         return {"x_hat": x_hat, "y_hat": y_hat}
 
     @torch.no_grad()
-    def estimate_bits(self, x: torch.Tensor, q: int) -> Dict[str, float]:
-        """The model's own estimate of the coded size, in bits, with the exact
-        quantised latents and the table scales the coder uses."""
+    def estimate_bits(self, x: torch.Tensor, q: int) -> Dict:
+        """The ideal code length, in bits, of x's quantised latents under the exact
+        model the coder implements: the stored 16-bit CDF tables at the coded scale
+        indexes, plus compressai's escape (tail symbol + 4-bit bypass digits) for
+        values outside a table.  An rANS coder can only add a few bytes to this.
+
+        Also returns per-position maps (bits summed over channels) for y (H/16 x W/16)
+        and z (H/64 x W/64).
+        """
         qq = self._as_levels(q, 1)
         g, _ = self._gains(qq)
         y = self.g_a(x) * g
         z = self.h_a(y)
-        z_med = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
-        z_hat = torch.round(z - z_med) + z_med
-        _, z_lik = self.entropy_bottleneck(z_hat, training=False)
-        indexes, means = self._entropy_parameters(z_hat)
-        table = self.gaussian_conditional.scale_table
-        scales = table[indexes.long()]
-        y_hat = torch.round(y - means) + means
-        y_lik = self.gaussian_conditional._likelihood(y_hat, scales, means)
-        y_bits = float(-torch.log2(y_lik.double()).sum())
-        z_bits = float(-torch.log2(z_lik.double()).sum())
-        return {"y": y_bits, "z": z_bits, "total": y_bits + z_bits}
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        z_med = eb._get_medians().view(1, -1, 1, 1)
+        z_sym = torch.round(z - z_med)
+        z_idx = torch.arange(z.shape[1]).view(1, -1, 1, 1).expand_as(z)
+        indexes, means = self._entropy_parameters(z_sym + z_med)
+        y_sym = torch.round(y - means)
+        y_map = table_bits(gc, y_sym, indexes).sum(1)[0]
+        z_map = table_bits(eb, z_sym, z_idx).sum(1)[0]
+        y_bits, z_bits = float(y_map.sum()), float(z_map.sum())
+        return {"y": y_bits, "z": z_bits, "total": y_bits + z_bits, "y_map": y_map, "z_map": z_map}
 
     def load_state_dict(self, state_dict, strict: bool = True):
         self._coding_cache.clear()
         return super().load_state_dict(state_dict, strict=strict)
+
+
+class LinearGainedHyperprior(GainedMeanScaleHyperprior):
+    """The seed's sanity baseline: PCA's twin as a transform codec.
+
+    g_a is one strided linear map (a 16x16 block transform to M coefficients, no
+    nonlinearity) and g_s its linear transpose-convolution counterpart; the
+    entropy model (gains, hyperprior, Gaussian conditional) and the loss are the
+    same as the deep model's.  A deep model that loses to this is broken.
+    """
+
+    arch = "linear-gained-hyperprior"
+    short_name = "lin"
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS):
+        super().__init__(N=N, M=M, lambdas=lambdas)
+        self.g_a = nn.Conv2d(3, M, kernel_size=16, stride=16)
+        self.g_s = nn.ConvTranspose2d(M, 3, kernel_size=16, stride=16)
+
+
+ARCHITECTURES = {
+    GainedMeanScaleHyperprior.arch: GainedMeanScaleHyperprior,
+    LinearGainedHyperprior.arch: LinearGainedHyperprior,
+}
+
+
+def table_bits(em, symbols: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+    """Bits each symbol costs under an entropy model's stored tables (compressai's rANS scheme).
+
+    ``symbols`` are the integers coded (round(v - mean) for y, round(z - median)
+    for z), ``indexes`` the CDF chosen for each.  A value v = symbol - offset in
+    [0, len-2) costs -log2 of its 16-bit frequency; anything else costs the escape
+    symbol plus compressai's bypass coding of the raw value in 4-bit digits.
+    """
+    cdf = em._quantized_cdf.long()
+    idx = indexes.long().reshape(-1)
+    v = symbols.long().reshape(-1) - em._offset.long()[idx]
+    max_value = em._cdf_length.long()[idx] - 2
+    inside = (v >= 0) & (v < max_value)
+    pos = torch.where(inside, v, max_value)
+    rows = cdf[idx]
+    freq = rows.gather(1, (pos + 1)[:, None])[:, 0] - rows.gather(1, pos[:, None])[:, 0]
+    bits = 16.0 - torch.log2(freq.double())
+    raw = torch.where(v < 0, -2 * v - 1, 2 * (v - max_value)).clamp_min(0)
+    n_digits = torch.zeros_like(raw)
+    rest = raw.clone()
+    while bool((rest > 0).any()):
+        n_digits += (rest > 0).long()
+        rest >>= 4
+    escape = 4.0 * (n_digits // 15 + 1) + 4.0 * n_digits
+    bits = bits + torch.where(inside, torch.zeros_like(bits), escape.double())
+    return bits.reshape(symbols.shape)
 
 
 def rd_loss(out: Dict, x: torch.Tensor, lmbda: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Pillow plugin: ``import aecodec`` makes ``Image.open("photo.aec")`` work.
 
 Opening reads and verifies the header (cheap, no torch); pixels are decoded on
-first access (``load()``), like any lazily-loaded Pillow format.
+first access (``load()``), like any lazily-loaded Pillow format.  A file that
+fails to decode raises OSError from ``load()``, as Pillow's own formats do; the
+decoder's pixel limit (``aecodec.MAX_PIXELS``) applies.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class AecImageFile(ImageFile.ImageFile):
         self._size = (h.width, h.height)
         self.info["aec_model"] = h.model_id
         self.info["aec_quality"] = h.quality
+        from .api import decode_icc
+
+        icc = decode_icc(self._container)
+        if icc:
+            self.info["icc_profile"] = icc
         self.tile = []
 
     def load(self):
@@ -37,7 +44,10 @@ class AecImageFile(ImageFile.ImageFile):
             from .api import decode_container
             from .image import planes_to_pil
 
-            rgb, alpha = decode_container(self._container)
+            try:
+                rgb, alpha = decode_container(self._container)
+            except FormatError as e:
+                raise OSError(f"cannot decode .aec file: {e}") from None
             decoded = planes_to_pil(rgb, alpha, self._container.header.mode)
             self.im = decoded.im
             self._container = None

@@ -1,6 +1,7 @@
 """Training: resumable, checkpointed rate-distortion training of the variable-rate model.
 
-    python -m aecodec.train DATA_DIR [--run-dir DIR] [--minutes M] [--steps S] ...
+    aecodec train DATA_DIR [--run-dir DIR] [--minutes M] [--steps S] ...
+    (or: python -m aecodec.train ...)
 
 All quality levels are trained together: every crop in a batch draws a random
 level and is weighted by that level's lambda.  Checkpoints (model, optimisers,
@@ -118,7 +119,7 @@ class Trainer:
     def __init__(self, args):
         import torch
 
-        from .model import GainedMeanScaleHyperprior
+        from .model import ARCHITECTURES
 
         self.args = args
         self.run_dir = Path(args.run_dir).expanduser()
@@ -139,12 +140,12 @@ class Trainer:
               f"in {time.time() - t0:.1f}s", file=sys.stderr)
         self.sampler = CropSampler(train_imgs, args.crop, args.seed)
 
-        self.model = GainedMeanScaleHyperprior(N=args.N, M=args.M)
+        self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M)
         self.lambdas = torch.tensor(self.model.lambdas)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
         self.opt = torch.optim.Adam(params, lr=args.lr)
-        self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
+        self.aux_opt = torch.optim.Adam(aux, lr=args.aux_lr)
         self.step = 0
         self.crops_seen = 0
         self.train_seconds = 0.0
@@ -169,7 +170,7 @@ class Trainer:
             "crops_seen": self.crops_seen,
             "train_seconds": self.train_seconds,
             "decay_start": self.decay_start,
-            "config": {"N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
+            "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate()},
@@ -185,9 +186,10 @@ class Trainer:
 
         st = torch.load(path, map_location="cpu", weights_only=False)
         cfg = st["config"]
-        if (cfg["N"], cfg["M"]) != (self.model.N, self.model.M):
-            raise SystemExit(f"error: checkpoint {path} is N={cfg['N']} M={cfg['M']}, "
-                             f"asked for N={self.model.N} M={self.model.M}")
+        got = (cfg.get("arch", "gained-mean-scale-hyperprior"), cfg["N"], cfg["M"])
+        if got != (self.model.arch, self.model.N, self.model.M):
+            raise SystemExit(f"error: checkpoint {path} is {got[0]} N={got[1]} M={got[2]}, asked for "
+                             f"{self.model.arch} N={self.model.N} M={self.model.M}; use another --run-dir")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
@@ -248,9 +250,9 @@ class Trainer:
         mse = losses["mse"].detach()
         return {
             "loss": float(losses["loss"].detach()),
-            "bpp": float(losses["bpp"].mean()),
+            "bpp": float(losses["bpp"].detach().mean()),
             "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
-            "aux": float(aux),
+            "aux": float(aux.detach()),
             "gnorm": float(gnorm),
         }
 
@@ -341,9 +343,60 @@ class Trainer:
         path = self.save()
         v = self.validate()
         self.log({"kind": "val", "step": self.step, "time": time.time(), **v})
+        try:
+            plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
+        except Exception as e:  # a plot must never stop training
+            print(f"warning: could not plot the training curves: {e}", file=sys.stderr)
         print(f"step {self.step}: checkpoint {path}; val bpp "
               + " ".join(f"{b:.3f}" for b in v["bpp"]) + " | psnr "
               + " ".join(f"{p:.2f}" for p in v["psnr"]), file=sys.stderr)
+
+
+def plot_log(log_path, out_png) -> None:
+    """Training loss/bpp/PSNR against step, and the validation RD points per level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        (train if rec.get("kind") == "train" else val).append(rec)
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    if train:
+        st = [r["step"] for r in train]
+        ax[0].plot(st, [r["loss"] for r in train], lw=0.8)
+        ax[0].set_yscale("log")
+        ax[0].set_title("training loss (all levels)")
+        ax[1].plot(st, [r["psnr"] for r in train], lw=0.8, label="train PSNR (dB)")
+        ax[1].set_title("training PSNR (dB), mean over levels")
+    if val:
+        import numpy as _np
+
+        levels = len(val[-1]["psnr"])
+        for i in range(levels):
+            ax[1].plot([r["step"] for r in val], [r["psnr"][i] for r in val], "--", lw=0.8)
+        cmap = plt.get_cmap("viridis")
+        for j, r in enumerate(val):
+            c = cmap(j / max(1, len(val) - 1))
+            ax[2].plot(r["bpp"], r["psnr"], "o-", ms=3, color=c, lw=0.8,
+                       label=f"step {r['step']}" if j in (0, len(val) - 1) else None)
+        ax[2].set_xlabel("bpp (estimated)")
+        ax[2].set_ylabel("PSNR (dB)")
+        ax[2].set_title("validation RD (held-out crops), per checkpoint")
+        ax[2].legend()
+        del _np
+    for a in ax[:2]:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    tmp = Path(str(out_png) + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_png)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints and logs; an existing last.pt here is resumed")
     p.add_argument("--init", help="warm start from weights (.safetensors) or a checkpoint when the run is new")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --run-dir")
+    p.add_argument("--arch", default="gained-mean-scale-hyperprior",
+                   choices=["gained-mean-scale-hyperprior", "linear-gained-hyperprior"],
+                   help="the deep model, or its linear twin (the PCA-like sanity baseline)")
     p.add_argument("--N", type=int, default=128)
     p.add_argument("--M", type=int, default=192)
     p.add_argument("--crop", type=int, default=128)
@@ -371,17 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--val-crop", type=int, default=256)
+    p.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the entropy bottleneck quantiles")
     p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog=None) -> int:
+    parser = build_parser()
+    if prog:
+        parser.prog = prog
+    args = parser.parse_args(argv)
     tune_malloc()
-    if not args.steps and not args.minutes:
-        pass  # runs until interrupted
-    Trainer(args).run()
+    Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     return 0
 
 

@@ -18,8 +18,7 @@ from typing import Dict, Optional
 
 from .format import FormatError
 
-ARCH = "gained-mean-scale-hyperprior"
-ARCH_SHORT = "msh"
+ARCH = "gained-mean-scale-hyperprior"  # the shipped architecture
 # Buffers that hold the entropy coder's tables: computed once at export, stored,
 # never rebuilt at decode time.
 TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -96,12 +95,12 @@ def read_metadata(path) -> Dict:
 
 
 def build_model(meta: Dict, state: Dict):
-    from .model import GainedMeanScaleHyperprior
+    from .model import ARCHITECTURES
 
-    if meta.get("architecture") != ARCH:
+    cls = ARCHITECTURES.get(meta.get("architecture"))
+    if cls is None:
         raise WeightsError(f"unknown architecture {meta.get('architecture')!r}")
-    model = GainedMeanScaleHyperprior(N=int(meta["N"]), M=int(meta["M"]),
-                                      lambdas=json.loads(meta["lambdas"]))
+    model = cls(N=int(meta["N"]), M=int(meta["M"]), lambdas=json.loads(meta["lambdas"]))
     model.load_state_dict(state)
     model.eval()
     for p in model.parameters():
@@ -155,9 +154,9 @@ def export(model, out_path, extra_meta: Optional[Dict] = None, half: bool = True
             v = v.to(torch.float16)
         state[k] = v
     digest = tensors_digest(state)
-    model_id = f"{ARCH_SHORT}-{model.N}x{model.M}-{digest[:12]}"
+    model_id = f"{model.short_name}-{model.N}x{model.M}-{digest[:12]}"
     meta = {
-        "architecture": ARCH,
+        "architecture": model.arch,
         "model_id": model_id,
         "N": str(model.N),
         "M": str(model.M),

@@ -35,3 +35,31 @@ def test_import_is_light():
     code = "import sys, aecodec, aecodec.cli; print('torch' in sys.modules, 'compressai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_pixel_limits_are_parameters():
+    x = np.zeros((40, 30, 3), np.uint8)
+    with pytest.raises(aecodec.ImageError, match="limit"):
+        aecodec.compress(x, quality=1, max_pixels=1000)
+    data = aecodec.compress(x, quality=1, max_pixels=1200)
+    with pytest.raises(aecodec.FormatError, match="limit"):
+        aecodec.decompress(data, max_pixels=1000)
+    assert aecodec.decompress(data, max_pixels=None).size == (30, 40)
+    assert aecodec.MAX_PIXELS == 2**27
+
+
+def test_changes_on_the_way_in_are_warnings():
+    from PIL import Image
+
+    im = Image.new("CMYK", (8, 8), (10, 20, 30, 0))
+    with pytest.warns(aecodec.AecodecWarning, match="CMYK"):
+        aecodec.compress(im, quality=1)
+
+
+def test_decompress_precision_option():
+    data = aecodec.compress(np.full((16, 16, 3), 100, np.uint8), quality=2)
+    a = np.asarray(aecodec.decompress(data, precision="float64")).astype(int)
+    b = np.asarray(aecodec.decompress(data)).astype(int)
+    assert np.abs(a - b).max() <= 1
+    with pytest.raises(ValueError):
+        aecodec.decompress(data, precision="half")

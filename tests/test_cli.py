@@ -135,3 +135,159 @@ def test_help_does_not_import_torch():
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules and 'compressai' not in sys.modules, 'heavy import'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# -- many files ----------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def many(tmp_path, photo_crops):
+    for i, name in enumerate(("a.png", "b.jpg", "c.webp")):
+        Image.fromarray(photo_crops[i % len(photo_crops)][:64, :80]).save(tmp_path / name)
+    (tmp_path / "bad.png").write_text("not an image")
+    return tmp_path
+
+
+def test_batch_compress_one_failure_does_not_stop_the_others(many):
+    names = ["a.png", "bad.png", "b.jpg", "missing.png", "c.webp"]
+    r = run("compress", *[many / n for n in names], "-q", "2", "--progress")
+    assert r.exit_code == 1
+    for n in ("a", "b", "c"):
+        assert (many / f"{n}.aec").read_bytes()[:4] == b"\x8aAEC"
+    assert not (many / "bad.aec").exists() and not (many / "missing.aec").exists()
+    errors = [line for line in r.stderr.splitlines() if line.startswith("aecodec: error:")]
+    assert len(errors) == 2 and "bad.png" in errors[0] and "missing.png" in errors[1]
+    assert "2 of 5 files failed" in r.stderr
+    assert "file" in r.stderr and "5/5" in r.stderr  # the progress bar
+    assert "Traceback" not in r.output
+
+
+def test_batch_decompress_and_out_dir(many):
+    assert run("compress", many / "a.png", many / "b.jpg", "-q", "1").exit_code == 0
+    (many / "broken.aec").write_bytes((many / "a.aec").read_bytes()[:-7])
+    out = many / "out"
+    out.mkdir()
+    r = run("decompress", many / "a.aec", many / "broken.aec", many / "b.aec", "-d", out)
+    assert r.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert r.stderr.count("aecodec: error:") == 1 and "broken.aec" in r.stderr
+    # all good: exit 0; existing outputs are failures without -f, and are kept
+    assert run("decompress", many / "a.aec", many / "b.aec", "-d", out, "-f").exit_code == 0
+    r = run("decompress", many / "a.aec", many / "b.aec", "-d", out)
+    assert r.exit_code == 2 and r.stderr.count("exists") == 2
+
+
+def test_batch_usage_errors(many):
+    r = run("compress", many / "a.png", many / "b.jpg", "-o", many / "x.aec")
+    assert r.exit_code == 2 and not (many / "x.aec").exists()
+    r = run("compress", many / "a.png", "-", "--quiet")
+    assert r.exit_code == 2
+    r = run("compress", many / "a.png", "-d", many / "nope")
+    assert r.exit_code == 1 and "does not exist" in r.stderr
+    # two inputs that would write the same output: the second is refused, not overwritten
+    Image.open(many / "a.png").save(many / "a.bmp")
+    r = run("compress", many / "a.png", many / "a.bmp", "-f")
+    assert r.exit_code == 2 and "also the output" in r.stderr
+    assert (many / "a.aec").exists()
+
+
+# -- writes that fail or are interrupted ---------------------------------------------------------------
+
+def test_failed_write_leaves_nothing(work, monkeypatch):
+    import os
+
+    def boom(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    r = run("compress", work / "photo.png")
+    assert r.exit_code == 1 and "No space left" in r.stderr
+    assert not (work / "photo.aec").exists() and not list(work.glob(".*.part"))
+
+
+def test_keyboard_interrupt_leaves_nothing(work, monkeypatch):
+    import aecodec.api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aecodec.api, "compress_planes", interrupted)
+    r = CliRunner().invoke(main, ["compress", str(work / "photo.png")])
+    assert r.exit_code == 130 and "interrupted" in r.stderr
+    assert not (work / "photo.aec").exists() and not list(work.glob(".*.part"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_during_a_real_run_leaves_nothing(tmp_path, photo_crops, sig):
+    """A real process, a real signal in the middle of coding: no output, no temporary file, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = np.tile(photo_crops[0], (6, 6, 1))  # 1536 x 1536: several seconds of work
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(photo_crops[0][:64, :64]).save(tmp_path / "small.png")
+    p = subprocess.Popen([sys.executable, "-c", "from aecodec.cli import main; main()", "compress",
+                          str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-q", "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "small.aec").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # now inside big.png
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == (130 if sig == "SIGINT" else 143), err
+    assert "Traceback" not in err
+    assert (tmp_path / "small.aec").exists(), "the finished file stays"
+    assert not (tmp_path / "big.aec").exists()
+    assert not list(tmp_path.glob(".*.part"))
+
+
+# -- weights problems are one-line errors --------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "swap", "missing"])
+def test_damaged_weights_clear_error(work, tmp_path_factory, monkeypatch, damage):
+    from aecodec import weights as W
+
+    r = run("compress", work / "photo.png")
+    assert r.exit_code == 0
+    wdir = tmp_path_factory.mktemp("weights")
+    for f in W.weights_dir().iterdir():
+        if f.suffix in (".json", ".safetensors"):
+            shutil.copy(f, wdir / f.name)
+    manifest = W.read_manifest(wdir)
+    wfile = wdir / manifest["models"][manifest["default"]]["file"]
+    blob = bytearray(wfile.read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 3] ^= 0x20
+        wfile.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        wfile.write_bytes(bytes(blob[: len(blob) // 2]))
+    elif damage == "swap":  # another valid safetensors file under the same name
+        from safetensors.torch import load, save
+
+        state = load(bytes(blob))
+        k = sorted(state)[0]
+        state[k] = state[k] * 0
+        wfile.write_bytes(save(state))
+    else:
+        wfile.unlink()
+    monkeypatch.setenv("AECODEC_WEIGHTS_DIR", str(wdir))
+    monkeypatch.setattr(W, "_cache", {})
+    for args in (("compress", work / "photo.png", "-o", work / "again.aec"),
+                 ("decompress", work / "photo.aec", "-o", work / "again.png")):
+        r = run(*args)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
+        assert ("corrupted or was replaced" in r.stderr) if damage != "missing" else ("missing" in r.stderr)
+    assert not (work / "again.aec").exists() and not (work / "again.png").exists()
+
+
+def test_decompress_unreadable_inputs(work):
+    (work / "d.aec").mkdir()
+    (work / "text.aec").write_text("hello\n")
+    for name in ("d.aec", "missing.aec", "text.aec"):
+        r = run("decompress", work / name, "-o", work / "out.png")
+        assert r.exit_code == 1, (name, r.output)
+        assert r.stderr.startswith("aecodec: error:") and r.stderr.count("\n") == 1
+        assert not (work / "out.png").exists()

@@ -109,3 +109,37 @@ def test_header_is_big_endian_documented_layout():
     off = 7 + len("msh-test")
     assert struct.unpack(">BBII", data[off:off + 10]) == (3, 3, 70, 5)
     assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+def test_side_chunks():
+    """YIDX is a known critical chunk, iCCP a known ancillary one (once each); ALPH only with alpha."""
+    _, data = _file(extra=[(b"YIDX", b"\x00\x00\x00\x01\x00\x00\x00\x05\x03"), (b"iCCP", b"profile")])
+    c = unpack(data)
+    assert c.chunks[b"YIDX"] == b"\x00\x00\x00\x01\x00\x00\x00\x05\x03"
+    assert c.ancillary_chunk(b"iCCP") == b"profile" and c.ancillary_chunk(b"note") is None
+    assert c.header_bytes == len(data) - 47  # everything but the two entropy-coded strings
+    _, data = _file(extra=[(b"iCCP", b"a"), (b"iCCP", b"b")])
+    with pytest.raises(FormatError, match="duplicate"):
+        unpack(data)
+    _, data = _file(extra=[(b"note", b"a"), (b"note", b"b")])  # unknown ancillary: kept, not judged
+    assert len(unpack(data).ancillary) == 2
+    _, data = _file(extra=[(b"ALPH", zlib.compress(b"\xff" * 350))])
+    with pytest.raises(FormatError, match="alpha"):
+        unpack(data)
+
+
+def test_dimensions_limited_by_the_latent_fields():
+    from aecodec.format import MAX_DIMENSION
+
+    assert MAX_DIMENSION == 16383 * 64  # y_w = ceil(w / 64) * 4 must fit 16 bits
+    h = Header(model_id="m", quality=1, mode="RGB", width=MAX_DIMENSION + 1, height=1, y_shape=(4, 4),
+               z_shape=(1, 1))
+    with pytest.raises(ValueError):
+        pack(h, [(b"ZSTR", b"z"), (b"YSTR", b"y")])
+    h.width = MAX_DIMENSION
+    body = bytearray(pack(h, [(b"ZSTR", b"z"), (b"YSTR", b"y")]))
+    off = 7 + 1 + 2
+    body[off:off + 4] = struct.pack(">I", MAX_DIMENSION + 1)
+    body[-4:] = struct.pack(">I", zlib.crc32(bytes(body[:-4])))
+    with pytest.raises(FormatError, match="impossible size"):
+        unpack(bytes(body))

@@ -1,0 +1,301 @@
+"""aecodec bench: BD-rate against hand-computed cases, metrics, codec settings against the
+independently measured anchors, and the whole command on two small crops."""
+
+import csv
+import json
+import math
+import re
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import aecodec
+from aecodec import bench as B
+from aecodec.bdrate import bd_rate, bd_rate_details, msssim_db
+from aecodec.cli.bench import bench
+
+from conftest import KODAK, ROOT
+
+MEASURED = ROOT.parent / "shared" / "anchors" / "kodak-measured"
+
+
+# --- BD-rate ---------------------------------------------------------------
+
+
+def test_bd_rate_of_rates_scaled_by_0_8_is_minus_20_percent():
+    psnr = [26.0, 28.5, 31.0, 33.7, 36.2, 38.9]
+    rate = [0.11, 0.24, 0.43, 0.78, 1.32, 2.05]
+    r = bd_rate_details(rate, psnr, [0.8 * x for x in rate], psnr)
+    assert r.rate == pytest.approx(-20.0, abs=0.01)
+    assert (r.lo, r.hi) == (26.0, 38.9)
+    # and the other way round: 1 / 0.8 = +25 %
+    assert bd_rate([0.8 * x for x in rate], psnr, rate, psnr) == pytest.approx(25.0, abs=0.01)
+
+
+def test_bd_rate_hand_computed_cases():
+    # two points each: PCHIP is the straight line through them in (quality, ln rate).
+    # anchor ln R = (D - 30)/10 * ln 4 on [30, 40]; test ln R = (D - 30)/10 * ln 16.
+    # difference (D - 30)/10 * ln 4, whose mean over [30, 40] is ln 2: +100 %.
+    assert bd_rate([1, 4], [30, 40], [1, 16], [30, 40]) == pytest.approx(100.0, abs=1e-9)
+    # test ln R = ln 3 + (D - 35)/10 * ln 4 on [35, 45]: overlap [35, 40], difference ln 1.5: +50 %
+    r = bd_rate_details([1, 4], [30, 40], [3, 12], [35, 45])
+    assert r.rate == pytest.approx(50.0, abs=1e-9)
+    assert (r.lo, r.hi) == (35, 40)
+    assert r.test_bpp == pytest.approx((3.0, 6.0))
+    assert r.anchor_fraction == pytest.approx(0.5) and r.test_fraction == pytest.approx(0.5)
+    # unsorted input and a repeated quality are handled; no overlap gives no number
+    assert bd_rate([4, 1], [40, 30], [16, 1, 1], [40, 30, 30]) == pytest.approx(100.0, abs=1e-9)
+    assert bd_rate_details([1, 4], [30, 40], [1, 2], [41, 45]) is None
+    assert math.isnan(bd_rate([1], [30], [1, 2], [30, 40]))
+
+
+def test_msssim_db():
+    assert msssim_db([0.9, 0.99]) == pytest.approx([10.0, 20.0])
+
+
+@pytest.mark.skipif(not MEASURED.is_dir(), reason="shared/anchors/kodak-measured not present")
+def test_bd_rate_agrees_with_the_measured_anchor_tables():
+    """The anchors' bd_tables were made by another implementation (PCHIP too)."""
+
+    def load(name):
+        return json.loads((MEASURED / f"{name}.json").read_text())["results"]
+
+    jpeg, heic, avif, jxl = (load(n) for n in ("jpeg-420", "heic-444", "avif-444", "jxl"))
+    r = bd_rate_details(jpeg["bpp"], jpeg["psnr-rgb"], avif["bpp"], avif["psnr-rgb"])
+    assert r.rate == pytest.approx(-48.8, abs=0.05) and (round(r.lo, 2), round(r.hi, 2)) == (26.02, 38.03)
+    assert bd_rate(heic["bpp"], heic["psnr-rgb"], jxl["bpp"], jxl["psnr-rgb"]) == pytest.approx(41.3, abs=0.05)
+    assert bd_rate(jpeg["bpp"], msssim_db(jpeg["ms-ssim-rgb"]), avif["bpp"],
+                   msssim_db(avif["ms-ssim-rgb"])) == pytest.approx(-48.4, abs=0.05)
+
+
+# --- metrics and helpers ------------------------------------------------------
+
+
+def test_psnr_and_msssim():
+    a = np.full((200, 180, 3), 100, np.uint8)
+    b = a.copy()
+    b[..., 0] = 103  # MSE = 9 / 3 = 3
+    assert B.psnr_rgb(a, b) == pytest.approx(10 * math.log10(255**2 / 3))
+    assert B.psnr_rgb(a, a) == math.inf
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (170, 200, 3), dtype=np.uint8)
+    assert B.ms_ssim_rgb(x, x) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(x.astype(int) + rng.integers(-40, 41, x.shape), 0, 255).astype(np.uint8)
+    assert 0 < B.ms_ssim_rgb(x, noisy) < 0.99
+    assert math.isnan(B.ms_ssim_rgb(x[:160], x[:160]))  # under 161 px: not computed
+
+
+def test_thin_grid_and_parse():
+    g = (3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85, 90)
+    assert B.thin_grid(g, 3) == (3, 40, 90)
+    assert B.thin_grid(g, 2) == (3, 90)
+    assert B.thin_grid(g, 50) == g
+    assert B.parse_grid("jpeg-420=10,50") == ("jpeg-420", (10, 50))
+    assert B.parse_grid("jpeg2000=24,9.6") == ("jpeg2000", (24.0, 9.6))
+    for bad in ("jpeg-420", "nope=1", "aecodec=0,3", "jpeg-420=a", "jpeg-420=2.5"):
+        with pytest.raises(B.BenchUsageError):
+            B.parse_grid(bad)
+    with pytest.raises(B.BenchUsageError):
+        B.parse_codecs("jpeg-420,bpg")
+
+
+def test_scaled_image_is_mirror_tiled(photo_crops):
+    src = photo_crops[0]
+    big = B.scaled_image(src, 0.25)
+    assert big.shape == (400, 608, 3)
+    assert np.array_equal(big[:256, :256], src)
+    assert np.array_equal(big[256:400, :256], src[::-1][:144])  # reflected, not resampled
+
+
+def test_store_skips_a_line_cut_short(tmp_path):
+    p = tmp_path / "x.jsonl"
+    good = {"key": "k", "image_sha": "s", "quality": 5, "image": "a.png", "bytes": 1}
+    p.write_text(json.dumps(good) + "\n" + '{"key": "k", "image_sha": "t", "qual')
+    s = B.Store(p)
+    assert list(s.index("k")) == [("s", repr(5.0))]
+    assert s.index("other") == {}
+
+
+def test_time_process_reports_peak_rss():
+    r = B.time_process([sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
+                       runs=1)
+    assert r["peak_rss_mib"] > 300 and r["median_s"] > 0
+    with pytest.raises(B.BenchError):
+        B.time_process([sys.executable, "-c", "raise SystemExit(3)"], runs=1)
+
+
+# --- codec settings reproduce the measured anchors ------------------------------
+
+
+@pytest.mark.parametrize("name,quality", [("jpeg-420", 50), ("jpeg-444", 10), ("webp", 50), ("avif-444", 60),
+                                          ("heic-444", 40), ("jxl", 50), ("jpeg2000", 60.0)])
+def test_codec_reproduces_measured_anchor(name, quality):
+    """Same settings as the measured anchors: the same bytes, the same PSNR (and, once, MS-SSIM)."""
+    csv_path = MEASURED / "per-image" / f"{name}.csv"
+    if not csv_path.exists() or not (KODAK / "kodim23.png").exists():
+        pytest.skip("measured anchors or Kodak not present")
+    codec = B.get_codec(name)
+    if codec.available():
+        pytest.skip(codec.available())
+    with csv_path.open() as f:
+        ref = next(r for r in csv.DictReader(f) if r["image"] == "kodim23.png" and float(r["quality"]) == quality)
+    rgb = B.load_rgb(KODAK / "kodim23.png")
+    codec = B.get_codec(name, ready=True)
+    if name == "jpeg-420":  # the full measurement, MS-SSIM included (0.5 s on a Kodak image)
+        row = B.measure_point(codec, rgb, quality)
+        assert row["ms_ssim"] == pytest.approx(float(ref["ms_ssim"]), abs=2e-6)
+        data_len, psnr = row["bytes"], row["psnr_rgb"]
+    else:
+        data = codec.encode(codec.prepare(rgb), quality)
+        data_len, psnr = len(data), B.psnr_rgb(rgb, codec.decode(data))
+    assert data_len == int(ref["bytes"])
+    assert psnr == pytest.approx(float(ref["psnr_rgb"]), abs=1e-3)
+
+
+# --- the command ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def crops_dir(tmp_path, photo_crops):
+    d = tmp_path / "crops"
+    d.mkdir()
+    for i, c in enumerate(photo_crops[:2]):
+        Image.fromarray(c).save(d / f"crop{i}.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _run(*args):
+    return CliRunner().invoke(bench, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
+    out = tmp_path / "out"
+    readme = tmp_path / "README.md"  # OUT/../README.md: its marked section is refreshed
+    readme.write_text(f"# x\nbefore\n{B.README_START}\nold\n{B.README_END}\nafter\n")
+    args = [crops_dir, "--codecs", "aecodec,jpeg-420,webp", "--points", "3", "--grid", "aecodec=2,6", "--jobs", "1",
+            "--scaling-sizes", "none", "--no-coldstart", "--no-reference", "-o", out, "--quiet"]
+    r = _run(*args)
+    assert r.exit_code == 0, r.output
+    assert "16 points measured, 0 reused" in r.output
+    n_images = len(photo_crops[:2])
+
+    from aecodec._deps import import_compressai
+
+    import_compressai()
+    from compressai.utils.plot.__main__ import parse_json_file
+
+    grids = {"aecodec": [2, 6], "jpeg-420": [3, 40, 90], "webp": [0, 50, 95]}
+    for name, grid in grids.items():
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["name"] == name and doc["description"]
+        res = doc["results"]
+        assert res["quality"] == grid
+        for k in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
+            assert len(res[k]) == len(grid) and all(isinstance(v, float) and v > 0 for v in res[k]), k
+        assert res["bpp"] == sorted(res["bpp"])
+        for metric in ("psnr", "ms-ssim"):  # CompressAI's own plotting reads the file
+            parsed = parse_json_file(out / f"{name}.json", metric)
+            assert len(parsed["xs"]) == len(grid)
+        rows = [json.loads(line) for line in (out / "per-image" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == n_images * len(grid)
+
+    # bpp comes from the real file: the stored size is what aecodec.compress writes
+    rows = [json.loads(line) for line in (out / "per-image" / "aecodec.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r["image"] == "crop0.png" and r["quality"] == 6)
+    data = aecodec.compress(photo_crops[0], quality=6)
+    assert row["bytes"] == len(data) and row["bpp"] == pytest.approx(8 * len(data) / 256**2)
+    assert row["key"] == B.get_codec("aecodec").key()
+    # and PSNR is that of the decoded picture
+    jrow = next(json.loads(line) for line in (out / "per-image" / "jpeg-420.jsonl").read_text().splitlines()
+                if '"crop1.png"' in line and '"quality": 40' in line)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(photo_crops[-1]).save(buf, format="JPEG", quality=40, subsampling=2, optimize=True)
+    dec = np.asarray(Image.open(buf).convert("RGB"))
+    assert jrow["bytes"] == buf.tell() and jrow["psnr_rgb"] == pytest.approx(B.psnr_rgb(photo_crops[-1], dec))
+
+    for png in ("rd-psnr.png", "rd-msssim-db.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 400
+    md = (out / "RESULTS.md").read_text()
+    assert "PCHIP" in md and "2 images" in md and "libjpeg-turbo" in md
+    m = re.search(r"\| webp \| measured \(this run\) \| ([+-]\d+\.\d) % \[(\d+\.\d+)–(\d+\.\d+) dB", md)
+    assert m, md
+    summary = json.loads((out / "meta" / "summary.json").read_text())
+    bd = summary["bd_rate"]["psnr-rgb"]["webp"]["jpeg-420"]
+    assert bd["bd_rate"] == pytest.approx(float(m.group(1)), abs=0.05) and bd["bd_rate"] < 0
+    assert summary["speed"]["aecodec"]["points"] == n_images * 2
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{B.README_END}\nafter\n")
+    assert "(out/rd-psnr.png)" in text and "| webp | measured (this run) |" in text
+
+    # a second run reuses every point and measures nothing
+    before = (out / "per-image" / "webp.jsonl").read_text()
+    r = _run(*args)
+    assert r.exit_code == 0 and "0 points measured, 16 reused" in r.output
+    assert (out / "per-image" / "webp.jsonl").read_text() == before
+    # a new grid point is the only thing measured
+    r = _run(*args, "--grid", "jpeg-420=3,40,60,90")
+    assert r.exit_code == 0 and "2 points measured, 16 reused" in r.output
+    assert json.loads((out / "jpeg-420.json").read_text())["results"]["quality"] == [3, 40, 60, 90]
+
+
+def test_bench_parallel_workers_and_size_table(tmp_path, photo_crops):
+    """Two worker processes; images too small for MS-SSIM (null in the JSON, and no torch in the workers)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    for i, c in enumerate(photo_crops[:2]):
+        Image.fromarray(c[:128, :144]).save(small / f"s{i}.png")
+    out = tmp_path / "out"
+    r = _run(small, "--codecs", "jpeg-420,webp", "--points", "2", "--jobs", "2", "--scaling-sizes", "0.02,0.05",
+             "--scaling-codecs", "jpeg-420", "--no-coldstart", "--no-reference", "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "per-image" / "webp.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["jobs"] == 2 and r["ms_ssim"] is None for r in rows)
+    doc = json.loads((out / "webp.json").read_text())
+    assert doc["results"]["ms-ssim-rgb"] == [None, None] and len(doc["results"]["psnr-rgb"]) == 2
+    scaling = [json.loads(line) for line in (out / "meta" / "scaling.jsonl").read_text().splitlines()]
+    assert sorted((s["width"], s["height"]) for s in scaling) == [(176, 112), (272, 176)]
+    assert all(s["enc_s"] > 0 and s["dec_s"] > 0 and s["enc_peak_rss_mib"] > 10 for s in scaling)
+    md = (out / "RESULTS.md").read_text()
+    assert "### Against image size" in md and "MS-SSIM is not computed for 2 image(s)" in md
+
+
+def test_bench_usage_and_data_errors(tmp_path, crops_dir):
+    import aecodec.cli.bench as cli_bench
+
+    assert cli_bench._DEFAULT_CODECS == ",".join(B.DEFAULT_CODECS)  # the help text's copy
+    r = _run(crops_dir, "--codecs", "jpeg-420,bpg", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "unknown codec 'bpg'" in r.output
+    r = _run(crops_dir, "--grid", "jpeg-420", "-o", tmp_path / "o")
+    assert r.exit_code == 2
+    r = _run(tmp_path / "missing", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "no such directory" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _run(empty, "--codecs", "jpeg-420", "-o", tmp_path / "o", "--no-coldstart", "--scaling-sizes", "none")
+    assert r.exit_code == 1 and "no images" in r.output
+
+
+# --- where the bits go -------------------------------------------------------------
+
+
+def test_heatmap_matches_the_file(tmp_path, photo_crops):
+    from aecodec.heatmap import bits_map
+
+    data = aecodec.compress(photo_crops[-1][:136, :200], quality=4)  # not a multiple of 64: padding cropped
+    rgb, bpp, t = bits_map(data)
+    assert bpp.shape == (136, 200) and rgb.shape == (136, 200, 3) and (bpp >= 0).all()
+    assert np.array_equal(rgb, np.asarray(aecodec.decompress(data)))
+    # the entropy model's bits of the coded symbols are within a few % of the coded strings
+    payload = 8 * (t["y_string_bytes"] + t["z_string_bytes"])
+    model_bits = t["model_y_bits"] + t["model_z_bits"]
+    assert abs(model_bits - payload) < 0.03 * payload + 64
+    assert bpp.sum() <= model_bits + 1e-6  # the padded border's bits are outside the picture
+    out = tmp_path / "heat.png"
+    B.draw_heatmap(data, out)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 1.5 * im.size[1]

@@ -1,0 +1,258 @@
+"""Every kind of image a user may have: what is coded, what comes back, what is said about it."""
+
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageCms
+
+import aecodec
+from aecodec.cli import main
+from aecodec.format import MAX_DIMENSION, unpack
+from aecodec.image import AecodecWarning, ImageError, open_image
+
+from conftest import psnr
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def photo(photo_crops):
+    return photo_crops[0][:48, :64].copy()
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _png16(arr: np.ndarray, ctype: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour)."""
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _roundtrip_cli(tmp_path, name: str, data: bytes):
+    src = tmp_path / name
+    src.write_bytes(data)
+    r = run("compress", src, "-q", "4", "-o", tmp_path / "x.aec")
+    assert r.exit_code == 0, r.output
+    r2 = run("decompress", tmp_path / "x.aec", "-o", tmp_path / "x.png")
+    assert r2.exit_code == 0, r2.output
+    return Image.open(tmp_path / "x.png"), r.stderr
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# -- colour modes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "PA-transparency", "1", "I;16", "I", "F"])
+def test_every_mode_roundtrips(tmp_path, photo, mode):
+    rgb = Image.fromarray(photo)
+    alpha = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)))
+    expect_mode, expect_alpha = {"L": ("L", None), "LA": ("LA", alpha), "RGB": ("RGB", None),
+                                 "RGBA": ("RGBA", alpha), "P": ("RGB", None), "PA-transparency": ("RGBA", None),
+                                 "1": ("L", None), "I;16": ("L", None), "I": ("L", None), "F": ("L", None)}[mode]
+    if mode in ("L", "RGB"):
+        im = rgb.convert(mode)
+    elif mode == "LA":
+        im = Image.merge("LA", (rgb.convert("L"), alpha))
+    elif mode == "RGBA":
+        im = Image.merge("RGBA", (*rgb.split(), alpha))
+    elif mode == "P":
+        im = rgb.convert("P")
+    elif mode == "PA-transparency":
+        im = rgb.convert("P")
+        im.info["transparency"] = 0
+    elif mode == "1":
+        im = rgb.convert("1")
+    elif mode == "I;16":
+        im = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+        assert im.mode.startswith("I;16")
+    elif mode == "I":
+        im = rgb.convert("I")
+    else:
+        im = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.float32) / 255.0, "F")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = aecodec.decompress(aecodec.compress(im, quality=5))
+    assert out.mode == expect_mode and out.size == (64, 48)
+    if expect_alpha is not None:
+        assert np.array_equal(np.asarray(out)[:, :, -1], np.asarray(expect_alpha)), "alpha must be lossless"
+    if mode == "PA-transparency":
+        a = np.asarray(out)[:, :, 3]
+        assert np.array_equal(a == 0, np.asarray(im) == 0), "palette transparency must survive"
+    ref = np.asarray(im.convert("RGB") if expect_mode in ("RGB", "RGBA") else rgb.convert("L"))
+    got = np.asarray(out.convert("RGB") if expect_mode in ("RGB", "RGBA") else out.convert("L"))
+    if mode != "1":
+        assert psnr(ref, got) > 10  # sanity band only: development weights
+
+
+def test_16bit_png_reduced_with_warning(tmp_path):
+    ramp = (np.arange(24 * 20, dtype=np.uint32).reshape(24, 20) * 137 % 65536).astype(np.uint16)
+    # grey: nearest 8-bit level
+    p = open_image(io.BytesIO(_png16(ramp, 0)))
+    assert p.mode == "L" and any("16-bit" in n for n in p.notes)
+    assert np.array_equal(p.rgb[:, :, 0], np.round(ramp / 257.0).astype(np.uint8))
+    # colour: Pillow hands over the high byte
+    rgb16 = np.dstack([ramp, ramp[::-1], ramp[:, ::-1]])
+    p = open_image(io.BytesIO(_png16(rgb16, 2)))
+    assert p.mode == "RGB" and any("16-bit" in n for n in p.notes)
+    assert np.array_equal(p.rgb, (rgb16 >> 8).astype(np.uint8))
+    # grey + alpha 16-bit (Pillow opens it as RGBA): restored as LA
+    p = open_image(io.BytesIO(_png16(np.dstack([ramp, ramp[::-1]]), 4)))
+    assert p.mode == "LA"
+    # the command line says it, in one line, and still succeeds
+    img, err = _roundtrip_cli(tmp_path, "deep.png", _png16(rgb16, 2))
+    assert img.mode == "RGB" and "warning" in err and "16-bit" in err
+
+
+def test_cmyk_jpeg(tmp_path, photo):
+    cmyk = Image.fromarray(photo).convert("CMYK")
+    img, err = _roundtrip_cli(tmp_path, "cmyk.jpg", _save(cmyk, "JPEG", quality=95))
+    assert img.mode == "RGB" and img.size == (64, 48)
+    assert "CMYK" in err and "warning" in err
+    assert psnr(photo, img) > 10
+    # a CMYK image whose profile cannot be used: naive conversion, said so
+    p = aecodec.image.planes_from_pil(_with_info(cmyk, icc_profile=b"not a profile"))
+    assert p.mode == "RGB" and p.icc is None and any("could not be applied" in n for n in p.notes)
+
+
+def _with_info(im, **info):
+    im = im.copy()
+    im.info.update(info)
+    return im
+
+
+def test_exif_rotated_jpeg_cli(tmp_path, photo):
+    im = Image.fromarray(photo[:40, :64])
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 CCW on display
+    img, _ = _roundtrip_cli(tmp_path, "rot.jpg", _save(im, "JPEG", exif=exif, quality=95))
+    assert img.size == (40, 64)
+
+
+def test_icc_profile_carried_and_restored(tmp_path, photo):
+    icc = _srgb_icc()
+    for mode in ("RGB", "L", "RGBA"):
+        im = Image.fromarray(photo).convert(mode)
+        data = aecodec.compress(_with_info(im, icc_profile=icc), quality=3)
+        assert aecodec.info(data)["icc_profile_bytes"] == len(icc)
+        out = aecodec.decompress(data)
+        assert out.info.get("icc_profile") == icc, mode
+    # command line: PNG in, PNG out, same profile; a format without ICC says it drops it
+    src = tmp_path / "icc.png"
+    Image.fromarray(photo).save(src, icc_profile=icc)
+    assert run("compress", src, "-o", tmp_path / "icc.aec").exit_code == 0
+    for ext in (".png", ".tiff", ".webp", ".jpg"):
+        r = run("decompress", tmp_path / "icc.aec", "-o", tmp_path / f"back{ext}")
+        assert r.exit_code == 0, r.output
+        assert Image.open(tmp_path / f"back{ext}").info.get("icc_profile") == icc, ext
+    r = run("decompress", tmp_path / "icc.aec", "-o", tmp_path / "back.bmp")
+    assert r.exit_code == 0 and "ICC" in r.stderr
+    # no profile in, no profile out
+    assert "icc_profile" not in aecodec.decompress(aecodec.compress(photo, quality=3)).info
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_first_frame_with_warning(tmp_path, photo, fmt):
+    frames = [Image.fromarray(photo), Image.fromarray(255 - photo), Image.fromarray(photo[::-1].copy())]
+    data = _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
+                 **({"lossless": True} if fmt == "WEBP" else {}))
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    img, err = _roundtrip_cli(tmp_path, f"anim.{fmt.lower()}", data)
+    assert "warning" in err and "first" in err and err.count("warning") == 1
+    first = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    other = np.asarray(frames[1])
+    got = np.asarray(img.convert("RGB"))
+    assert psnr(first, got) > psnr(other, got) + 3, "the first frame is coded"
+    with pytest.warns(AecodecWarning, match="first"):
+        p = open_image(io.BytesIO(data))
+        aecodec.image.warn_notes(p)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 777), (777, 1), (3, 5000), (1, 2100)])
+def test_tiny_thin_and_very_wide(shape):
+    x = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = aecodec.decompress(aecodec.compress(x, quality=2))
+    assert out.size == (shape[1], shape[0]) and out.mode == "RGB"
+
+
+def test_wider_than_the_format_refused_clearly():
+    with pytest.raises(ImageError, match="at most"):
+        aecodec.compress(np.zeros((1, MAX_DIMENSION + 1), np.uint8))
+    assert unpack(aecodec.compress(np.zeros((1, 64), np.uint8), quality=1)).header.width == 64
+
+
+def test_pillow_bomb_refused_before_decoding(tmp_path):
+    """A PNG header claiming 60000 x 60000 pixels is refused before any pixel is decoded."""
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match="over the limit"):
+        open_image(io.BytesIO(png), max_pixels=aecodec.MAX_PIXELS)
+    (tmp_path / "bomb.png").write_bytes(png)
+    r = run("compress", tmp_path / "bomb.png")
+    assert r.exit_code == 1 and "over the limit" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "bomb.aec").exists()
+    # the limit is an option
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    r = run("compress", small, "--max-pixels", "1000")
+    assert r.exit_code == 1 and "--max-pixels" in r.stderr
+    assert run("compress", small, "--max-pixels", "1200").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["empty", "random", "text", "directory", "missing", "truncated-png",
+                                  "no-permission", "aec-as-image"])
+def test_unreadable_input_one_line_exit_1_no_output(tmp_path, photo, kind, monkeypatch):
+    src = tmp_path / f"in-{kind}.png"
+    if kind == "empty":
+        src.write_bytes(b"")
+    elif kind == "random":
+        src.write_bytes(np.random.default_rng(0).bytes(3000))
+    elif kind == "text":
+        src.write_text("hello, I am not an image\n" * 20)
+    elif kind == "directory":
+        src.mkdir()
+    elif kind == "truncated-png":
+        src.write_bytes(_save(Image.fromarray(photo), "PNG")[:400])
+    elif kind == "no-permission":
+        Image.fromarray(photo).save(src)
+        src.chmod(0)
+        import os
+
+        if os.geteuid() == 0:  # root reads anything: make the open fail the way it would for a user
+            real_open = Image.open
+
+            def deny(fp, *a, **k):
+                if str(fp) == str(src):
+                    raise PermissionError(13, "Permission denied", str(fp))
+                return real_open(fp, *a, **k)
+
+            monkeypatch.setattr(Image, "open", deny)
+    elif kind == "aec-as-image":
+        src.write_bytes(b"\x8aAEC" + b"\x00" * 50)
+    r = run("compress", src, "-o", tmp_path / "out.aec")
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("aecodec: error:") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "out.aec").exists()
+    assert not list(tmp_path.glob(".*.part"))
