@@ -14,24 +14,12 @@ from typing import Optional, Tuple
 
 import click
 
-EXIT_DATA = 1
-EXIT_USAGE = 2
-
 _DEFAULT_CODECS = "aecodec,jpeg-420,jpeg-444,webp,avif-444,heic-444,jxl,jpeg2000,msh-random"
 
 
-class _DataError(click.ClickException):
-    exit_code = EXIT_DATA
-
-    def show(self, file=None):
-        click.echo(f"aecodec: error: {self.format_message()}", err=True)
-
-
-class _UsageProblem(click.ClickException):
-    exit_code = EXIT_USAGE
-
-    def show(self, file=None):
-        click.echo(f"aecodec: error: {self.format_message()}", err=True)
+# the command line's one-line errors (exit 1 bad data, 2 bad usage); the package
+# defines them before it imports this module
+from aecodec.cli import DataError as _DataError, UsageProblem as _UsageProblem  # noqa: E402
 
 
 def _floats(spec: str, what: str) -> Tuple[float, ...]:
