@@ -16,14 +16,19 @@ def sample_image():
 
 
 def _crops():
-    """256x256 crops of real photos: two Kodak images when the test set is present, else the sample."""
+    """Two 256x256 crops of real photos: kodim23 and kodim05 when the Kodak set is present,
+    else two different regions of the bundled sample."""
     paths = [KODAK / "kodim23.png", KODAK / "kodim05.png"]
-    paths = [p for p in paths if p.exists()] or [SAMPLE]
+    if all(p.exists() for p in paths):
+        regions = [(p, 0.5) for p in paths]
+    else:
+        regions = [(SAMPLE, 0.3), (SAMPLE, 0.7)]
     out = []
-    for p in paths:
+    for p, fx in regions:
         a = np.asarray(Image.open(p).convert("RGB"))
         h, w = a.shape[:2]
-        out.append(a[(h - 256) // 2:(h - 256) // 2 + 256, (w - 256) // 2:(w - 256) // 2 + 256].copy())
+        t, l = (h - 256) // 2, int((w - 256) * fx)
+        out.append(a[t:t + 256, l:l + 256].copy())
     return out
 
 
