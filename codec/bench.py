@@ -714,8 +714,8 @@ def _torch_one_thread() -> None:
             torch.set_num_threads(1)
 
 
-def measure_point(codec: Codec, rgb: np.ndarray, quality, metrics: bool = True) -> Dict:
-    """Encode and decode one image at one quality; sizes, distortion, times, memory."""
+def _timed_roundtrip(codec: Codec, rgb: np.ndarray, quality):
+    """One timed encode and one timed decode, each under its own peak-memory probe."""
     obj = codec.prepare(rgb)
     with PeakMemory() as m_enc:
         t0 = time.perf_counter()
@@ -726,6 +726,12 @@ def measure_point(codec: Codec, rgb: np.ndarray, quality, metrics: bool = True) 
         t0 = time.perf_counter()
         out = codec.decode(data)
         dec_s = time.perf_counter() - t0
+    return data, out, enc_s, dec_s, m_enc, m_dec
+
+
+def measure_point(codec: Codec, rgb: np.ndarray, quality, metrics: bool = True) -> Dict:
+    """Encode and decode one image at one quality; sizes, distortion, times, memory."""
+    data, out, enc_s, dec_s, m_enc, m_dec = _timed_roundtrip(codec, rgb, quality)
     if out.shape != rgb.shape or out.dtype != np.uint8:
         raise BenchError(f"{codec.name}: decoded image is {out.shape} {out.dtype}, expected {rgb.shape} uint8")
     h, w = rgb.shape[:2]
@@ -1041,16 +1047,7 @@ def _scaling_task(args) -> Dict:
         small = np.ascontiguousarray(rgb[:64, :64])
         codec.decode(codec.encode(codec.prepare(small), quality))  # load libraries/weights, untimed
         base = _status_kib("VmRSS")
-        obj = codec.prepare(rgb)
-        with PeakMemory() as m_enc:
-            t0 = time.perf_counter()
-            data = codec.encode(obj, quality)
-            enc_s = time.perf_counter() - t0
-        del obj
-        with PeakMemory() as m_dec:
-            t0 = time.perf_counter()
-            dec = codec.decode(data)
-            dec_s = time.perf_counter() - t0
+        data, dec, enc_s, dec_s, m_enc, m_dec = _timed_roundtrip(codec, rgb, quality)
         if dec.shape != rgb.shape:
             raise BenchError(f"{name}: decoded image has the wrong shape")
         return {"codec": name, "mp": mp, "width": rgb.shape[1], "height": rgb.shape[0], "quality": quality,
