@@ -504,8 +504,9 @@ def train(ctx):
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--register/--no-register", default=True, show_default=True,
               help="add the weights to the manifest next to OUT and make them the default")
+@click.option("--raw", is_flag=True, help="export the raw weights instead of their moving average")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
-def export(checkpoint: str, out: str, register: bool, force: bool):
+def export(checkpoint: str, out: str, register: bool, raw: bool, force: bool):
     """Bake the CDF tables of a training CHECKPOINT into release weights OUT (.safetensors)."""
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
@@ -513,7 +514,8 @@ def export(checkpoint: str, out: str, register: bool, force: bool):
     from aecodec.export import export_checkpoint
 
     try:
-        entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None)
+        entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
+                                  use_ema=not raw)
     except (OSError, KeyError, RuntimeError) as e:
         raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
     click.echo(json.dumps(entry, indent=2))

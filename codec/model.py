@@ -52,10 +52,14 @@ class GDN(_GDN):
     """compressai's GDN with the 1x1 normalisation as a matrix product.
 
     Same parameters and the same function; oneDNN's 1x1 convolution gives
-    results that depend on the thread count, a matrix product does not.
+    results that depend on the thread count, a matrix product does not.  In
+    training mode the (faster, ~15% per step) convolution is used: training
+    needs no bit-exactness, coding always runs in eval mode.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
         B, C, H, W = x.shape
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma)

@@ -106,6 +106,57 @@ def lr_at(step: int, base_lr: float, warmup: int, decay_start: Optional[int], de
     return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+class EMA:
+    """Exponential moving average of a model's weights (what gets validated and exported).
+
+    Training with a constant learning rate leaves the weights oscillating around
+    a better point; their running average is that point, for free.  The decay
+    warms up as min(decay, (1 + n) / (10 + n)) so a fresh average is not
+    dominated by its starting weights.
+    """
+
+    def __init__(self, model, decay: float):
+        import copy
+
+        self.decay = float(decay)
+        self.n = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._pairs = None
+
+    def _bind(self, model):
+        live = list(model.state_dict().values())
+        mine = list(self.model.state_dict().values())
+        if len(live) != len(mine):
+            raise ValueError("EMA and model have different state layouts")
+        self._pairs = [(m, v) for m, v in zip(mine, live)]
+
+    def update(self, model) -> None:
+        import torch
+
+        if self._pairs is None:
+            self._bind(model)
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        with torch.no_grad():
+            for m, v in self._pairs:
+                if m.shape != v.shape:  # e.g. CDF buffers, only rebuilt at export
+                    continue
+                if m.dtype.is_floating_point:
+                    m.lerp_(v, 1.0 - d)
+                else:
+                    m.copy_(v)
+
+    def state_dict(self) -> Dict:
+        return {"model": self.model.state_dict(), "n": self.n, "decay": self.decay}
+
+    def load_state_dict(self, st: Dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.n = int(st["n"])
+        self._pairs = None
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 
@@ -152,10 +203,19 @@ class Trainer:
         self.decay_start = args.decay_start
 
         ckpt = self.run_dir / "last.pt"
+        ema_state = None
         if ckpt.exists() and not args.fresh:
-            self._load(ckpt)
+            ema_state = self._load(ckpt)
         elif args.init:
             self._init_from(args.init)
+        for g in self.aux_opt.param_groups:  # the command line's aux lr wins over a resumed one
+            g["lr"] = args.aux_lr
+        self.ema = None
+        if args.ema > 0:
+            self.ema = EMA(self.model, args.ema)  # a resumed run without an average starts one here
+            if ema_state is not None:
+                self.ema.load_state_dict(ema_state)
+                self.ema.decay = float(args.ema)
 
     # -- state ---------------------------------------------------------------
 
@@ -170,6 +230,7 @@ class Trainer:
             "crops_seen": self.crops_seen,
             "train_seconds": self.train_seconds,
             "decay_start": self.decay_start,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
@@ -202,6 +263,7 @@ class Trainer:
         self.sampler.set_state(st["rng"]["sampler"])
         random.setstate(st["rng"]["python"])
         print(f"resumed {path} at step {self.step}", file=sys.stderr)
+        return st.get("ema")
 
     def _init_from(self, path: str) -> None:
         """Warm start: copy every tensor whose name and shape match (weights or checkpoint)."""
@@ -245,6 +307,8 @@ class Trainer:
         self.aux_opt.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         self.crops_seen += a.batch
         mse = losses["mse"].detach()
@@ -256,13 +320,15 @@ class Trainer:
             "gnorm": float(gnorm),
         }
 
-    def validate(self) -> Dict:
+    def validate(self, model=None) -> Dict:
         """Eval-mode (rounded latents) bpp/PSNR per level on centre crops of the held-out images."""
         import torch
 
         from .model import rd_loss
 
-        self.model.eval()
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         c = self.args.val_crop
         crops = []
         for im in self.val_imgs:
@@ -275,14 +341,14 @@ class Trainer:
             for q in range(self.model.levels):
                 bpps, psnrs = [], []
                 for x in crops:
-                    out = self.model(x, q)
+                    out = model(x, q)
                     out["x_hat"] = out["x_hat"].clamp(0, 1)
                     l = rd_loss(out, x, self.lambdas[q:q + 1])
                     bpps.append(float(l["bpp"].mean()))
                     psnrs.append(float(10 * torch.log10(1 / l["mse"].mean())))
                 res["bpp"].append(float(np.mean(bpps)))
                 res["psnr"].append(float(np.mean(psnrs)))
-        self.model.train()
+        model.train(was_training)
         return res
 
     def log(self, rec: Dict) -> None:
@@ -343,6 +409,10 @@ class Trainer:
         path = self.save()
         v = self.validate()
         self.log({"kind": "val", "step": self.step, "time": time.time(), **v})
+        if self.ema is not None:
+            e = self.validate(self.ema.model)
+            self.log({"kind": "val_ema", "step": self.step, "time": time.time(), **e})
+            print(f"step {self.step}: EMA val psnr " + " ".join(f"{p:.2f}" for p in e["psnr"]), file=sys.stderr)
         try:
             plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         except Exception as e:  # a plot must never stop training
@@ -428,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--val-crop", type=int, default=256)
     p.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the entropy bottleneck quantiles")
+    p.add_argument("--ema", type=float, default=0.999,
+                   help="decay of the weights' moving average, which is validated and exported (0: off)")
     p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
     p.add_argument("--quiet", action="store_true")
     return p

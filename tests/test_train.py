@@ -65,6 +65,43 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
     assert c.train_step()["loss"] == expected
     for (n, p), (_, q) in zip(a.model.named_parameters(), c.model.named_parameters()):
         assert torch.equal(p, q), n
+    # the weights' moving average resumes exactly too
+    assert a.ema.n == c.ema.n == 7
+    for (n, p), (_, q) in zip(a.ema.model.state_dict().items(), c.ema.model.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_ema_averages_the_weights(data_dir, tmp_path):
+    tr = _trainer(data_dir, tmp_path / "run", "--ema", "0.9")
+    start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    for _ in range(5):
+        tr.train_step()
+    w = "g_a.0.weight"
+    live, avg, w0 = tr.model.state_dict()[w], tr.ema.model.state_dict()[w], start[w]
+    # the average lies strictly between the start and the current weights
+    assert not torch.equal(avg, live) and not torch.equal(avg, w0)
+    assert (avg - w0).norm() < (live - w0).norm()
+    assert not any(p.requires_grad for p in tr.ema.model.parameters())
+    off = _trainer(data_dir, tmp_path / "off", "--ema", "0")
+    assert off.ema is None
+    off.train_step()
+    assert off._state()["ema"] is None
+
+
+def test_gdn_training_path_matches_coding_path():
+    from aecodec.model import GDN
+
+    torch.manual_seed(0)
+    for inverse in (False, True):
+        g = GDN(8, inverse=inverse)
+        with torch.no_grad():
+            g.gamma.add_(0.05 * torch.rand_like(g.gamma))
+        x = torch.randn(2, 8, 5, 7)
+        g.train()
+        a = g(x)
+        g.eval()
+        b = g(x)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_export_then_load_decodes(data_dir, tmp_path, monkeypatch):
@@ -79,6 +116,10 @@ def test_export_then_load_decodes(data_dir, tmp_path, monkeypatch):
     wdir = tmp_path / "weights"
     wdir.mkdir()
     entry = export_checkpoint(ckpt, wdir / "tiny.safetensors", register_in=wdir)
+    # the moving average is what ships by default; --raw exports the last weights
+    raw = export_checkpoint(ckpt, tmp_path / "raw.safetensors", use_ema=False)
+    assert raw["model_id"] != entry["model_id"]
+    assert W.read_metadata(wdir / "tiny.safetensors")["training_weights"].startswith("moving average")
     monkeypatch.setenv("AECODEC_WEIGHTS_DIR", str(wdir))
     monkeypatch.setattr(W, "_cache", {})
     img = np.asarray(Image.open(next(data_dir.glob("*.png"))))
