@@ -120,6 +120,14 @@ def load_model(model_id: Optional[str] = None):
         if model_id in _cache:
             return _cache[model_id]
         entry = manifest.get("models", {}).get(model_id)
+        retired = manifest.get("retired", {}).get(model_id)
+        if entry is None and retired is not None:
+            # an earlier release: decodable when its weights file is put back next to the manifest
+            if not (weights_dir() / retired["file"]).exists():
+                raise FormatError(f"the file was made with model {model_id!r}, retired after aecodec commit "
+                                  f"{retired.get('last_commit', '?')}: decode it with that version, or put "
+                                  f"{retired['file']} (sha256 {retired['sha256'][:12]}...) into {weights_dir()}")
+            entry = retired
         if entry is None:
             raise FormatError(f"the file needs model {model_id!r}, which this aecodec does not have "
                               f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
@@ -188,6 +196,25 @@ def register(entry: Dict, directory: Optional[Path] = None, make_default: bool =
     manifest["models"][entry["model_id"]] = {"file": entry["file"], "sha256": entry["sha256"]}
     if make_default or not manifest.get("default"):
         manifest["default"] = entry["model_id"]
+    tmp = path.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def retire(model_id: str, last_commit: str, directory: Optional[Path] = None) -> None:
+    """Move a model from the manifest's releases to its retired list.
+
+    Its weights file may then leave the package: files made with it are refused
+    with a message that names the last aecodec commit that shipped it, and they
+    decode again as soon as the weights file is put back next to the manifest.
+    """
+    d = Path(directory) if directory else weights_dir()
+    path = d / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["models"].pop(model_id)
+    if manifest.get("default") == model_id:
+        raise ValueError(f"{model_id} is the default model; register its successor first")
+    manifest.setdefault("retired", {})[model_id] = {**entry, "last_commit": last_commit}
     tmp = path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)

@@ -1,0 +1,55 @@
+"""Release weights: a retired model's files are refused with directions, and decode when its weights return."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import aecodec
+from aecodec import weights as W
+from aecodec.model import GainedMeanScaleHyperprior
+
+
+@pytest.fixture
+def two_releases(tmp_path, monkeypatch):
+    import torch
+
+    d = tmp_path / "weights"
+    entries = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = GainedMeanScaleHyperprior(N=16, M=24).eval()
+        e = W.export(m, d / f"m{seed}.safetensors")
+        W.register(e, d)
+        entries.append(e)
+    monkeypatch.setenv("AECODEC_WEIGHTS_DIR", str(d))
+    monkeypatch.setattr(W, "_cache", {})
+    return d, entries
+
+
+def test_a_retired_model_is_refused_with_directions_then_decodes_when_put_back(two_releases, tmp_path, monkeypatch):
+    d, (old, new) = two_releases
+    img = (np.arange(20 * 30 * 3) % 253).astype(np.uint8).reshape(20, 30, 3)
+    W.register(old, d)  # the API compresses with the default: make the old model the default for one file
+    data = aecodec.compress(img, quality=3)
+    W.register(new, d)
+    monkeypatch.setattr(W, "_cache", {})
+    assert aecodec.info(data)["model"] == old["model_id"]
+
+    with pytest.raises(ValueError):
+        W.retire(new["model_id"], "abc1234", d)  # the default cannot be retired
+    W.retire(old["model_id"], "abc1234", d)
+    manifest = W.read_manifest(d)
+    assert old["model_id"] in manifest["retired"] and old["model_id"] not in manifest["models"]
+
+    monkeypatch.setattr(W, "_cache", {})
+    assert aecodec.decompress(data).size == (30, 20)  # the file is still there: decodes
+
+    shutil.move(d / old["file"], tmp_path / old["file"])
+    monkeypatch.setattr(W, "_cache", {})
+    with pytest.raises(aecodec.FormatError, match="retired after aecodec commit abc1234"):
+        aecodec.decompress(data)
+
+    shutil.move(tmp_path / old["file"], d / old["file"])
+    monkeypatch.setattr(W, "_cache", {})
+    assert aecodec.decompress(data).size == (30, 20)
