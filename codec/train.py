@@ -470,8 +470,10 @@ def plot_log(log_path, out_png) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m aecodec.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
     p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
     p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
                    help="checkpoints and logs; an existing last.pt here is resumed")
@@ -480,28 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="gained-mean-scale-hyperprior",
                    choices=["gained-mean-scale-hyperprior", "linear-gained-hyperprior"],
                    help="the deep model, or its linear twin (the PCA-like sanity baseline)")
-    p.add_argument("--N", type=int, default=128)
-    p.add_argument("--M", type=int, default=192)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--N", type=int, default=128, help="channels of the transforms' hidden layers")
+    p.add_argument("--M", type=int, default=192, help="channels of the latent y")
+    p.add_argument("--crop", type=int, default=128, help="side of the random training crops (pixels)")
+    p.add_argument("--batch", type=int, default=8, help="crops per step")
+    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate after the warm-up")
+    p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--decay-start", type=int, default=None, help="step at which cosine decay begins")
     p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")
-    p.add_argument("--decay-steps", type=int, default=20000)
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decay-steps", type=int, default=20000, help="length of the cosine decay")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops, levels and initial weights")
     p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
     p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
-    p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--val-images", type=int, default=8)
-    p.add_argument("--val-crop", type=int, default=256)
-    p.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the entropy bottleneck quantiles")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="minutes between checkpoints (and validations)")
+    p.add_argument("--log-every", type=int, default=25, help="steps per line of log.jsonl")
+    p.add_argument("--val-images", type=int, default=8, help="images held out of DATA for validation")
+    p.add_argument("--val-crop", type=int, default=256, help="side of the centre crops validated")
+    p.add_argument("--aux-lr", type=float, default=3e-3, help="learning rate of the entropy bottleneck quantiles")
     p.add_argument("--ema", type=float, default=0.999,
                    help="decay of the weights' moving average, which is validated and exported (0: off)")
-    p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)), help="torch threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
