@@ -46,7 +46,7 @@ def _floats(spec: str, what: str) -> Tuple[float, ...]:
               help="a short sweep: N points of each codec's quality grid (ends kept)")
 @click.option("--grid", "grids", multiple=True, metavar="CODEC=Q1,Q2,...",
               help="this codec's quality grid instead of its default (repeatable)")
-@click.option("--anchors", default="jpeg-420,heic-444", show_default=True, metavar="LIST",
+@click.option("--anchors", default="jpeg-420,webp,heic-444", show_default=True, metavar="LIST",
               help="the codecs the BD-rate tables compare against")
 @click.option("--scaling-sizes", default="0.25,1,4,16", show_default=True, metavar="MPX",
               help="image sizes in megapixels for the speed/memory-against-size table; 'none' to skip")

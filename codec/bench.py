@@ -54,7 +54,7 @@ from .bdrate import bd_rate_details, msssim_db
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim with the default 11x11 window and 5 scales
-DEFAULT_ANCHORS = ("jpeg-420", "heic-444")
+DEFAULT_ANCHORS = ("jpeg-420", "webp", "heic-444")
 DEFAULT_SCALING_MP = (0.25, 1.0, 4.0, 16.0)
 HEAVY_MP = 8.0  # above this, torch codecs in the size table run one at a time (about 0.5 GiB per Mpx)
 # CompressAI's published Kodak curves drawn (dashed) in the plots and listed in the BD tables.
@@ -1359,6 +1359,11 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
                   keys: Dict[str, str], scaling: List[Dict], coldstart: Dict, out: Path) -> Dict:
     versions = library_versions()
     machine = machine_info()
+    if not cfg.measure:  # a rebuilt report keeps the machine state of the run that measured
+        try:
+            machine = json.loads((out / "meta" / "summary.json").read_text())["machine"]
+        except (OSError, ValueError, KeyError):
+            pass
     date = _now()
     dataset_name = Path(cfg.dataset).resolve().name
     sizes = sorted({f"{im.width}x{im.height}" for im in images})

@@ -241,6 +241,13 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     r = _run(*args, "--grid", "jpeg-420=3,40,60,90")
     assert r.exit_code == 0 and "2 points measured, 16 reused" in r.output
     assert json.loads((out / "jpeg-420.json").read_text())["results"]["quality"] == [3, 40, 60, 90]
+    # a rebuilt report measures nothing and keeps the measuring run's machine state (load average)
+    summary = json.loads((out / "meta" / "summary.json").read_text())
+    summary["machine"]["load average at start"] = "9.99 9.99 9.99"
+    (out / "meta" / "summary.json").write_text(json.dumps(summary))
+    r = _run(*args, "--grid", "jpeg-420=3,40,60,90", "--report-only")
+    assert r.exit_code == 0 and "0 points measured" in r.output
+    assert "load average at start 9.99 9.99 9.99" in (out / "RESULTS.md").read_text()
 
 
 def test_bench_parallel_workers_and_size_table(tmp_path, photo_crops):
