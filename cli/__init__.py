@@ -210,6 +210,19 @@ class _Batch:
             sys.exit(self.code)
 
 
+def _run_batch(what: str, inputs, output, out_dir, suffix: str, progress: Optional[bool], one) -> None:
+    """``one(inp, out, say)`` for every input, each output claimed once, failures reported and counted."""
+    outs = _outputs(list(inputs), output, out_dir, suffix)
+    batch = _Batch(len(inputs), progress, what)
+    claimed = {}
+    for inp, out in zip(inputs, outs):
+        def job(inp=inp, out=out):
+            _claim(out, inp, claimed)
+            one(inp, out, batch.say)
+        batch.run(inp, job)
+    batch.finish()
+
+
 def _interruptible(fn):
     """Ctrl-C / SIGTERM: one line, exit 130 / 143, nothing half-written left behind."""
     import functools
@@ -350,15 +363,9 @@ def compress(inputs, output: Optional[str], out_dir: Optional[str], quality: int
     IN may be '-' to read one image from stdin (output then defaults to
     stdout).  With several INs, a failure is reported and the others go on.
     """
-    outs = _outputs(list(inputs), output, out_dir, ".aec")
-    batch = _Batch(len(inputs), progress, "compress")
-    claimed = {}
-    for inp, out in zip(inputs, outs):
-        def job(inp=inp, out=out):
-            _claim(out, inp, claimed)
-            _compress_one(inp, out, quality, force, quiet, _max_pixels(max_pixels), batch.say)
-        batch.run(inp, job)
-    batch.finish()
+    limit = _max_pixels(max_pixels)
+    _run_batch("compress", inputs, output, out_dir, ".aec", progress,
+               lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say))
 
 
 def _image_format_for(path: str) -> str:
@@ -430,15 +437,9 @@ def decompress(inputs, output: Optional[str], out_dir: Optional[str], force: boo
 
     With several INs, a failure is reported and the others go on.
     """
-    outs = _outputs(list(inputs), output, out_dir, ".png")
-    batch = _Batch(len(inputs), progress, "decompress")
-    claimed = {}
-    for inp, out in zip(inputs, outs):
-        def job(inp=inp, out=out):
-            _claim(out, inp, claimed)
-            _decompress_one(inp, out, force, quiet, _max_pixels(max_pixels), precision, batch.say)
-        batch.run(inp, job)
-    batch.finish()
+    limit = _max_pixels(max_pixels)
+    _run_batch("decompress", inputs, output, out_dir, ".png", progress,
+               lambda inp, out, say: _decompress_one(inp, out, force, quiet, limit, precision, say))
 
 
 @main.command()

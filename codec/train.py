@@ -422,6 +422,19 @@ class Trainer:
               + " ".join(f"{p:.2f}" for p in v["psnr"]), file=sys.stderr)
 
 
+def read_log(log_path) -> Dict[str, List[Dict]]:
+    """log.jsonl's records by kind: train, val (the weights), val_ema (their moving average)."""
+    rows: Dict[str, List[Dict]] = {"train": [], "val": [], "val_ema": []}
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if rec.get("kind") in rows:
+            rows[rec["kind"]].append(rec)
+    return rows
+
+
 def plot_log(log_path, out_png) -> None:
     """Training loss/bpp/PSNR against step, and the validation RD points per level."""
     import matplotlib
@@ -429,13 +442,10 @@ def plot_log(log_path, out_png) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, val = [], []
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        (train if rec.get("kind") == "train" else val).append(rec)
+    rows = read_log(log_path)
+    train = rows["train"]
+    # the moving average is what gets exported, when the run keeps one
+    val, which = (rows["val_ema"], "moving average") if rows["val_ema"] else (rows["val"], "weights")
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     if train:
         st = [r["step"] for r in train]
@@ -445,8 +455,6 @@ def plot_log(log_path, out_png) -> None:
         ax[1].plot(st, [r["psnr"] for r in train], lw=0.8, label="train PSNR (dB)")
         ax[1].set_title("training PSNR (dB), mean over levels")
     if val:
-        import numpy as _np
-
         levels = len(val[-1]["psnr"])
         for i in range(levels):
             ax[1].plot([r["step"] for r in val], [r["psnr"][i] for r in val], "--", lw=0.8)
@@ -457,9 +465,8 @@ def plot_log(log_path, out_png) -> None:
                        label=f"step {r['step']}" if j in (0, len(val) - 1) else None)
         ax[2].set_xlabel("bpp (estimated)")
         ax[2].set_ylabel("PSNR (dB)")
-        ax[2].set_title("validation RD (held-out crops), per checkpoint")
+        ax[2].set_title(f"validation RD (held-out crops, {which}), per checkpoint")
         ax[2].legend()
-        del _np
     for a in ax[:2]:
         a.set_xlabel("step")
     fig.tight_layout()

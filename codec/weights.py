@@ -211,9 +211,9 @@ def retire(model_id: str, last_commit: str, directory: Optional[Path] = None) ->
     d = Path(directory) if directory else weights_dir()
     path = d / "manifest.json"
     manifest = json.loads(path.read_text())
-    entry = manifest["models"].pop(model_id)
     if manifest.get("default") == model_id:
         raise ValueError(f"{model_id} is the default model; register its successor first")
+    entry = manifest["models"].pop(model_id)
     manifest.setdefault("retired", {})[model_id] = {**entry, "last_commit": last_commit}
     tmp = path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

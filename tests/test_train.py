@@ -132,3 +132,18 @@ def test_export_then_load_decodes(data_dir, tmp_path, monkeypatch):
     assert meta["training_steps"] == "3" and meta["architecture"] == W.ARCH
     state = W.load_state_dict_file(wdir / "tiny.safetensors")
     assert state["gaussian_conditional._quantized_cdf"].numel() > 0
+
+
+def test_log_kinds_are_kept_apart_and_plotted(tmp_path):
+    from aecodec.train import plot_log, read_log
+
+    log = tmp_path / "log.jsonl"
+    val = {"bpp": [0.1, 0.2], "psnr": [20.0, 22.0]}
+    lines = [{"kind": "train", "step": 1, "loss": 2.0, "psnr": 20.0},
+             {"kind": "val", "step": 1, **val}, {"kind": "val_ema", "step": 1, **val},
+             {"kind": "train", "step": 2, "loss": 1.5, "psnr": 21.0}]
+    log.write_text("\n".join(__import__("json").dumps(r) for r in lines) + '\n{"kind": "val", "st')
+    rows = read_log(log)
+    assert [len(rows[k]) for k in ("train", "val", "val_ema")] == [2, 1, 1]
+    plot_log(log, tmp_path / "curves.png")
+    assert Image.open(tmp_path / "curves.png").format == "PNG"
