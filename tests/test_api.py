@@ -63,3 +63,24 @@ def test_decompress_precision_option():
     assert np.abs(a - b).max() <= 1
     with pytest.raises(ValueError):
         aecodec.decompress(data, precision="half")
+
+
+def test_shipped_weights_meet_the_release_bar_on_kodim23(tmp_path):
+    """The README's promise: kodim23 through the command line at the default quality is above 30 dB."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aecodec.cli import main
+    from conftest import KODAK, psnr
+
+    src = KODAK / "kodim23.png"
+    if not src.exists():
+        pytest.skip("Kodak set not available")
+    r = CliRunner().invoke(main, ["compress", str(src), "-o", str(tmp_path / "k.aec")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["decompress", str(tmp_path / "k.aec"), "-o", str(tmp_path / "k.png")])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(src).convert("RGB"))
+    b = np.asarray(Image.open(tmp_path / "k.png").convert("RGB"))
+    bpp = 8 * (tmp_path / "k.aec").stat().st_size / (a.shape[0] * a.shape[1])
+    assert psnr(a, b) > 30.0 and bpp < 2.0, (psnr(a, b), bpp)
