@@ -367,6 +367,8 @@ class Trainer:
         deadline = start + a.minutes * 60 if a.minutes else None
         if a.decay_now and self.decay_start is None:
             self.decay_start = self.step
+        self._stop_signal = None
+        previous = self._catch_stop_signals()
         print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 from step {self.step}",
               file=sys.stderr)
         try:
@@ -377,7 +379,7 @@ class Trainer:
         except ImportError:  # pragma: no cover
             bar = None
         try:
-            while True:
+            while self._stop_signal is None:
                 if target_step is not None and self.step >= target_step:
                     break
                 if deadline is not None and time.time() >= deadline:
@@ -399,11 +401,45 @@ class Trainer:
                     self.checkpoint_and_validate()
                     last_ckpt = time.time()
         except KeyboardInterrupt:
-            print("interrupted: saving checkpoint", file=sys.stderr)
+            self._stop_signal = "SIGINT"
         finally:
             if bar is not None:
                 bar.close()
-        self.checkpoint_and_validate()
+        if self._stop_signal:
+            print(f"{self._stop_signal}: saving a checkpoint, then stopping", file=sys.stderr)
+        try:
+            self.checkpoint_and_validate()
+        finally:
+            self._restore_signals(previous)
+
+    def _catch_stop_signals(self) -> Dict:
+        """SIGINT and SIGTERM end the run after the current step, with a checkpoint.
+
+        Installed explicitly: a run started in the background (``nohup ... &``)
+        inherits an ignored SIGINT, and Python then never raises
+        KeyboardInterrupt, so Ctrl-C/``kill -INT`` would do nothing.
+        """
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def stop(signum, _frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: Dict) -> None:
+        import signal
+
+        for sig, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python
+                signal.signal(sig, handler)
 
     def checkpoint_and_validate(self) -> None:
         path = self.save()

@@ -147,3 +147,40 @@ def test_log_kinds_are_kept_apart_and_plotted(tmp_path):
     assert [len(rows[k]) for k in ("train", "val", "val_ema")] == [2, 1, 1]
     plot_log(log, tmp_path / "curves.png")
     assert Image.open(tmp_path / "curves.png").format == "PNG"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_background_run_stops_cleanly_on_a_signal(data_dir, tmp_path, sig):
+    """`nohup aecodec train ... &` inherits an ignored SIGINT; kill -INT / -TERM must
+    still end the run with a checkpoint (it used to keep running, or die without one)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "aecodec.train", str(data_dir), "--run-dir", str(run), "--N", "16",
+           "--M", "24", "--crop", "64", "--batch", "2", "--val-crop", "64", "--threads", "1", "--quiet",
+           "--log-every", "1", "--ckpt-minutes", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        log = run / "log.jsonl"
+        deadline = time.time() + 120
+        while not (log.exists() and log.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "training never logged a step"
+            time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"{sig}: saving a checkpoint" in err
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"train"' in line]
+    assert state["step"] >= max(steps) >= 1
+    assert os.listdir(run).count("last.pt.tmp") == 0
