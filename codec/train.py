@@ -262,8 +262,29 @@ class Trainer:
         torch.set_rng_state(st["rng"]["torch"])
         self.sampler.set_state(st["rng"]["sampler"])
         random.setstate(st["rng"]["python"])
+        self._drop_log_after(self.step)
         print(f"resumed {path} at step {self.step}", file=sys.stderr)
         return st.get("ema")
+
+    def _drop_log_after(self, step: int) -> None:
+        """Forget log records past the checkpoint being resumed: those steps are redone,
+        and keeping both copies would draw the curves twice over the same steps."""
+        log = self.run_dir / "log.jsonl"
+        if not log.exists():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) > step:
+                    continue
+            except ValueError:  # a line cut short by a kill
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            tmp = log.with_name(log.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, log)
 
     def _init_from(self, path: str) -> None:
         """Warm start: copy every tensor whose name and shape match (weights or checkpoint)."""

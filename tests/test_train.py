@@ -59,9 +59,16 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
     for _ in range(6):
         b.train_step()
     b.save()
+    # a run killed after its checkpoint logged steps that the resumed run redoes
+    b.log({"kind": "train", "step": 6, "loss": 1.0})
+    b.log({"kind": "train", "step": 8, "loss": 1.0})
+    (b.run_dir / "log.jsonl").open("a").write('{"kind": "val", "st')
     del b
     c = _trainer(data_dir, tmp_path / "b")  # resumes from last.pt
     assert c.step == 6
+    from aecodec.train import read_log
+
+    assert [r["step"] for r in read_log(c.run_dir / "log.jsonl")["train"]] == [6]
     assert c.train_step()["loss"] == expected
     for (n, p), (_, q) in zip(a.model.named_parameters(), c.model.named_parameters()):
         assert torch.equal(p, q), n
