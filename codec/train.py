@@ -70,7 +70,9 @@ class CropSampler:
         self.p = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, n: int):
+    def batch(self, n: int, device=None):
+        """n crops as an (n, 3, crop, crop) float tensor in [0, 1] on ``device``
+        (moved as uint8, a quarter of the bytes, and converted there)."""
         import torch
 
         c = self.crop
@@ -86,13 +88,38 @@ class CropSampler:
             if self.rng.random() < 0.5:
                 patch = patch[::-1]
             out[i] = patch
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+        t = torch.from_numpy(out)
+        if device is not None:
+            t = t.to(device, non_blocking=True)
+        return t.permute(0, 3, 1, 2).float().div_(255.0)
 
     def state(self):
         return self.rng.bit_generator.state
 
     def set_state(self, s):
         self.rng.bit_generator.state = s
+
+
+def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 95) -> Dict:
+    """Write the training split of ``data`` (never its held-out images) as JPEG
+    (4:4:4, ``quality``) into ``out``: a compact copy for a machine the folder must
+    travel to (e.g. a lent GPU with a size limit on what travels)."""
+    from PIL import Image
+
+    files = list_images(Path(data))
+    if len(files) < 2:
+        raise SystemExit(f"error: need at least 2 images in {data}, found {len(files)}")
+    train_files, _ = split_files(files, min(val_images, max(1, len(files) // 20)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for p in train_files:
+        dst = out / (p.stem + ".jpg")
+        tmp = dst.with_name(dst.name + ".tmp")
+        Image.fromarray(load_rgb(p)).save(tmp, format="JPEG", quality=quality, subsampling=0)
+        os.replace(tmp, dst)
+        total += dst.stat().st_size
+    return {"images": len(train_files), "bytes": total}
 
 
 def lr_at(step: int, base_lr: float, warmup: int, decay_start: Optional[int], decay_steps: int,
@@ -157,6 +184,23 @@ class EMA:
         self._pairs = None
 
 
+def resolve_device(name: str):
+    """torch.device for --device: 'auto' is the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"error: --device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {name}: only cpu and cuda are supported")
+    return dev
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 
@@ -191,8 +235,9 @@ class Trainer:
               f"in {time.time() - t0:.1f}s", file=sys.stderr)
         self.sampler = CropSampler(train_imgs, args.crop, args.seed)
 
-        self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M)
-        self.lambdas = torch.tensor(self.model.lambdas)
+        self.device = resolve_device(args.device)
+        self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M).to(self.device)
+        self.lambdas = torch.tensor(self.model.lambdas, device=self.device)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
         self.opt = torch.optim.Adam(params, lr=args.lr)
@@ -234,7 +279,8 @@ class Trainer:
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
-                    "python": random.getstate()},
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
         }
 
     def save(self, name: str = "last.pt") -> Path:
@@ -260,6 +306,8 @@ class Trainer:
         if self.args.decay_start is None:
             self.decay_start = st.get("decay_start")
         torch.set_rng_state(st["rng"]["torch"])
+        if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
         self.sampler.set_state(st["rng"]["sampler"])
         random.setstate(st["rng"]["python"])
         self._drop_log_after(self.step)
@@ -316,8 +364,8 @@ class Trainer:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a.lr, a.warmup, self.decay_start, a.decay_steps)
-        x = self.sampler.batch(a.batch)
-        q = torch.randint(0, self.model.levels, (a.batch,))
+        x = self.sampler.batch(a.batch, self.device)
+        q = torch.randint(0, self.model.levels, (a.batch,)).to(self.device)
         out = self.model(x, q)
         losses = rd_loss(out, x, self.lambdas[q])
         self.opt.zero_grad(set_to_none=True)
@@ -356,7 +404,8 @@ class Trainer:
             h, w = im.shape[:2]
             s = min(c, h, w) // 64 * 64
             t, l = (h - s) // 2, (w - s) // 2
-            crops.append(torch.from_numpy(im[t:t + s, l:l + s].copy()).permute(2, 0, 1).float().div(255)[None])
+            crops.append(torch.from_numpy(im[t:t + s, l:l + s].copy()).permute(2, 0, 1).float().div(255)[None]
+                         .to(self.device))
         res = {"bpp": [], "psnr": []}
         with torch.no_grad():
             for q in range(self.model.levels):
@@ -390,7 +439,8 @@ class Trainer:
             self.decay_start = self.step
         self._stop_signal = None
         previous = self._catch_stop_signals()
-        print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 from step {self.step}",
+        print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 on {self.device} "
+              f"from step {self.step}",
               file=sys.stderr)
         try:
             from tqdm import tqdm
@@ -567,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.999,
                    help="decay of the weights' moving average, which is validated and exported (0: off)")
     p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)), help="torch threads")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or auto (a GPU when torch sees one); checkpoints load on either")
+    p.add_argument("--pack-to", metavar="DIR",
+                   help="instead of training, write DATA's training split (not its held-out images) as "
+                        "JPEG q95 4:4:4 into DIR, a compact copy to carry to another machine")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -576,6 +631,11 @@ def main(argv=None, prog=None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
+    if args.pack_to:
+        r = pack_training_images(Path(args.data), Path(args.pack_to), args.val_images)
+        print(f"packed {r['images']} training images (held-out ones left out) into {args.pack_to}: "
+              f"{r['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+        return 0
     tune_malloc()
     Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     return 0

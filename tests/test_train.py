@@ -191,3 +191,30 @@ def test_a_background_run_stops_cleanly_on_a_signal(data_dir, tmp_path, sig):
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"train"' in line]
     assert state["step"] >= max(steps) >= 1
     assert os.listdir(run).count("last.pt.tmp") == 0
+
+
+def test_device_choice_is_checked():
+    from aecodec.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit, match="--device 'potato'"):
+        resolve_device("potato")
+    with pytest.raises(SystemExit, match="only cpu and cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="sees no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_pack_keeps_the_training_split_only(data_dir, tmp_path):
+    from aecodec.train import list_images, load_rgb, main, split_files
+
+    out = tmp_path / "pack"
+    assert main([str(data_dir), "--pack-to", str(out), "--val-images", "1"]) == 0
+    train, held_out = split_files(list_images(data_dir), 1)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.stem + ".jpg" for p in train)
+    for p in train:
+        a, b = load_rgb(p).astype(int), load_rgb(out / (p.stem + ".jpg")).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3  # JPEG q95 4:4:4: close, not exact
+    assert not (out / (held_out[0].stem + ".jpg")).exists()
