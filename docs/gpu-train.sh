@@ -17,7 +17,7 @@ export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 INIT=weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 $PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir "${RUN_DIR:-/tmp/run}" --fresh \
-    --init "$INIT" --batch 16 --crop 256 --minutes "$MINUTES" --ckpt-minutes 2 --quiet "$@"
+    --init "$INIT" --batch 16 --crop 256 --minutes "$MINUTES" --ckpt-minutes 2 --val-minutes 2 --quiet "$@"
 $PY -m aecodec.export "${RUN_DIR:-/tmp/run}/last.pt" "$OUT/gpu.safetensors" > "$OUT/export.json"
 cp "${RUN_DIR:-/tmp/run}/log.jsonl" "$OUT/"
 echo "warm start $INIT; last validation: $(grep val_ema "${RUN_DIR:-/tmp/run}/log.jsonl" | tail -n 1)"

@@ -218,3 +218,16 @@ def test_pack_keeps_the_training_split_only(data_dir, tmp_path):
         a, b = load_rgb(p).astype(int), load_rgb(out / (p.stem + ".jpg")).astype(int)
         assert a.shape == b.shape and np.abs(a - b).mean() < 3  # JPEG q95 4:4:4: close, not exact
     assert not (out / (held_out[0].stem + ".jpg")).exists()
+
+
+def test_checkpoint_without_validation(data_dir, tmp_path):
+    from aecodec.train import read_log
+
+    tr = _trainer(data_dir, tmp_path / "run")
+    tr.train_step()
+    tr.checkpoint_and_validate(validate=False)
+    assert (tr.run_dir / "last.pt").exists()
+    assert not (tr.run_dir / "log.jsonl").exists() or not read_log(tr.run_dir / "log.jsonl")["val"]
+    tr.checkpoint_and_validate()
+    rows = read_log(tr.run_dir / "log.jsonl")
+    assert [r["step"] for r in rows["val"]] == [r["step"] for r in rows["val_ema"]] == [1]
