@@ -246,6 +246,7 @@ class Trainer:
         self.crops_seen = 0
         self.train_seconds = 0.0
         self.decay_start = args.decay_start
+        self.best_val = None  # lowest validated RD loss (summed over levels) of the exported weights
 
         ckpt = self.run_dir / "last.pt"
         ema_state = None
@@ -275,6 +276,7 @@ class Trainer:
             "crops_seen": self.crops_seen,
             "train_seconds": self.train_seconds,
             "decay_start": self.decay_start,
+            "best_val": self.best_val,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
@@ -305,6 +307,7 @@ class Trainer:
         self.train_seconds = st["train_seconds"]
         if self.args.decay_start is None:
             self.decay_start = st.get("decay_start")
+        self.best_val = st.get("best_val")
         torch.set_rng_state(st["rng"]["torch"])
         if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
@@ -406,18 +409,20 @@ class Trainer:
             t, l = (h - s) // 2, (w - s) // 2
             crops.append(torch.from_numpy(im[t:t + s, l:l + s].copy()).permute(2, 0, 1).float().div(255)[None]
                          .to(self.device))
-        res = {"bpp": [], "psnr": []}
+        res = {"bpp": [], "psnr": [], "loss": []}
         with torch.no_grad():
             for q in range(self.model.levels):
-                bpps, psnrs = [], []
+                bpps, psnrs, losses = [], [], []
                 for x in crops:
                     out = model(x, q)
                     out["x_hat"] = out["x_hat"].clamp(0, 1)
                     l = rd_loss(out, x, self.lambdas[q:q + 1])
                     bpps.append(float(l["bpp"].mean()))
                     psnrs.append(float(10 * torch.log10(1 / l["mse"].mean())))
+                    losses.append(float(l["loss"]))
                 res["bpp"].append(float(np.mean(bpps)))
                 res["psnr"].append(float(np.mean(psnrs)))
+                res["loss"].append(float(np.mean(losses)))
         model.train(was_training)
         return res
 
@@ -515,6 +520,24 @@ class Trainer:
             if handler is not None:  # None: a handler not installed from Python
                 signal.signal(sig, handler)
 
+    def _keep_best(self, path: Path, val: Dict) -> None:
+        """Copy the checkpoint to best.pt when the weights that export would write (the
+        moving average, else the raw weights) reach the lowest validation loss so far.
+
+        A loss spike drags the moving average down for ~1/(1-decay) steps; best.pt keeps
+        the last good state for a release meanwhile."""
+        import shutil
+
+        score = float(sum(val["loss"]))
+        if self.best_val is not None and score >= self.best_val:
+            return
+        self.best_val = score
+        self.save()  # record best_val in last.pt too
+        tmp = self.run_dir / "best.pt.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, self.run_dir / "best.pt")
+        print(f"step {self.step}: best validation so far (loss {score:.4f}), kept as best.pt", file=sys.stderr)
+
     def checkpoint_and_validate(self, validate: bool = True) -> None:
         path = self.save()
         if not validate:
@@ -526,6 +549,7 @@ class Trainer:
             e = self.validate(self.ema.model)
             self.log({"kind": "val_ema", "step": self.step, "time": time.time(), **e})
             print(f"step {self.step}: EMA val psnr " + " ".join(f"{p:.2f}" for p in e["psnr"]), file=sys.stderr)
+        self._keep_best(path, e if self.ema is not None else v)
         try:
             plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         except Exception as e:  # a plot must never stop training

@@ -231,3 +231,26 @@ def test_checkpoint_without_validation(data_dir, tmp_path):
     tr.checkpoint_and_validate()
     rows = read_log(tr.run_dir / "log.jsonl")
     assert [r["step"] for r in rows["val"]] == [r["step"] for r in rows["val_ema"]] == [1]
+
+
+def test_best_checkpoint_is_kept(data_dir, tmp_path):
+    tr = _trainer(data_dir, tmp_path / "run")
+    tr.train_step()
+    tr.checkpoint_and_validate()
+    best = tr.run_dir / "best.pt"
+    assert best.exists() and tr.best_val is not None
+    first = torch.load(best, map_location="cpu", weights_only=False)
+    assert first["step"] == 1 and first["best_val"] == tr.best_val
+    # a worse validation leaves best.pt alone; a better one replaces it
+    tr.best_val = -1.0
+    tr.train_step()
+    tr.checkpoint_and_validate()
+    assert torch.load(best, map_location="cpu", weights_only=False)["step"] == 1
+    tr.best_val = float("inf")
+    tr.train_step()
+    tr.checkpoint_and_validate()
+    assert torch.load(best, map_location="cpu", weights_only=False)["step"] == 3
+    # the best score survives a resume
+    score = tr.best_val
+    del tr
+    assert _trainer(data_dir, tmp_path / "run").best_val == score
