@@ -50,6 +50,16 @@ def split_files(files: List[Path], val_count: int) -> tuple:
     return keyed[val_count:], keyed[:val_count]
 
 
+def training_split(data, val_images: int) -> tuple:
+    """(training files, held-out files) of a data folder: ``val_images`` held out, at
+    most one in 20.  One rule for training and for --pack-to, so a pack never holds a
+    held-out image."""
+    files = list_images(Path(data))
+    if len(files) < 2:
+        raise SystemExit(f"error: need at least 2 images in {data}, found {len(files)}")
+    return split_files(files, min(val_images, max(1, len(files) // 20)))
+
+
 def load_rgb(path: Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
@@ -106,10 +116,7 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     travel to (e.g. a lent GPU with a size limit on what travels)."""
     from PIL import Image
 
-    files = list_images(Path(data))
-    if len(files) < 2:
-        raise SystemExit(f"error: need at least 2 images in {data}, found {len(files)}")
-    train_files, _ = split_files(files, min(val_images, max(1, len(files) // 20)))
+    train_files, _ = training_split(data, val_images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = 0
@@ -222,11 +229,7 @@ class Trainer:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
 
-        files = list_images(Path(args.data))
-        if len(files) < 2:
-            raise SystemExit(f"error: need at least 2 images in {args.data}, found {len(files)}")
-        val_count = min(args.val_images, max(1, len(files) // 20))
-        train_files, val_files = split_files(files, val_count)
+        train_files, val_files = training_split(args.data, args.val_images)
         self.train_files, self.val_files = train_files, val_files
         t0 = time.time()
         train_imgs = [load_rgb(p) for p in train_files]
