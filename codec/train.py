@@ -129,11 +129,15 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     return {"images": len(train_files), "bytes": total}
 
 
+DEFAULT_DECAY_STEPS = 20000
+
+
 def lr_at(step: int, base_lr: float, warmup: int, decay_start: Optional[int], decay_steps: int,
-          final_frac: float = 0.05) -> float:
-    """Linear warm-up, constant, then (once decay_start is set) cosine decay to final_frac."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
+          final_frac: float = 0.05, warmup_from: int = 0) -> float:
+    """Linear warm-up from ``warmup_from``, constant, then (once decay_start is set)
+    cosine decay to final_frac.  ``warmup_from`` is the step of the last --rewarm."""
+    if 0 <= step - warmup_from < warmup:
+        return base_lr * (step - warmup_from + 1) / warmup
     if decay_start is None or step < decay_start:
         return base_lr
     t = min(1.0, (step - decay_start) / max(1, decay_steps))
@@ -248,7 +252,10 @@ class Trainer:
         self.step = 0
         self.crops_seen = 0
         self.train_seconds = 0.0
+        # the schedule lives in the checkpoint, so a resume without the flags keeps it
         self.decay_start = args.decay_start
+        self.decay_steps = args.decay_steps if args.decay_steps is not None else DEFAULT_DECAY_STEPS
+        self.warmup_from = 0
         self.best_val = None  # lowest validated RD loss (summed over levels) of the exported weights
 
         ckpt = self.run_dir / "last.pt"
@@ -265,6 +272,11 @@ class Trainer:
             if ema_state is not None:
                 self.ema.load_state_dict(ema_state)
                 self.ema.decay = float(args.ema)
+        if args.rewarm:  # back to the constant rate after a decay, ramped over --warmup steps
+            self.decay_start = None
+            self.warmup_from = self.step
+        elif args.decay_now and self.decay_start is None:
+            self.decay_start = self.step
 
     # -- state ---------------------------------------------------------------
 
@@ -279,6 +291,8 @@ class Trainer:
             "crops_seen": self.crops_seen,
             "train_seconds": self.train_seconds,
             "decay_start": self.decay_start,
+            "decay_steps": self.decay_steps,
+            "warmup_from": self.warmup_from,
             "best_val": self.best_val,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
@@ -310,6 +324,9 @@ class Trainer:
         self.train_seconds = st["train_seconds"]
         if self.args.decay_start is None:
             self.decay_start = st.get("decay_start")
+        if self.args.decay_steps is None:
+            self.decay_steps = st.get("decay_steps") or DEFAULT_DECAY_STEPS
+        self.warmup_from = st.get("warmup_from", 0)
         self.best_val = st.get("best_val")
         torch.set_rng_state(st["rng"]["torch"])
         if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
@@ -369,7 +386,8 @@ class Trainer:
         a = self.args
         self.model.train()
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, a.lr, a.warmup, self.decay_start, a.decay_steps)
+            g["lr"] = lr_at(self.step, a.lr, a.warmup, self.decay_start, self.decay_steps,
+                            warmup_from=self.warmup_from)
         x = self.sampler.batch(a.batch, self.device)
         q = torch.randint(0, self.model.levels, (a.batch,)).to(self.device)
         out = self.model(x, q)
@@ -443,8 +461,6 @@ class Trainer:
         window: List[Dict[str, float]] = []
         target_step = self.step + a.steps if a.steps else None
         deadline = start + a.minutes * 60 if a.minutes else None
-        if a.decay_now and self.decay_start is None:
-            self.decay_start = self.step
         self._stop_signal = None
         previous = self._catch_stop_signals()
         print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 on {self.device} "
@@ -637,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--decay-start", type=int, default=None, help="step at which cosine decay begins")
     p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")
-    p.add_argument("--decay-steps", type=int, default=20000, help="length of the cosine decay")
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help=f"length of the cosine decay (default {DEFAULT_DECAY_STEPS}; kept in the checkpoint)")
+    p.add_argument("--rewarm", action="store_true",
+                   help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, levels and initial weights")
     p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
@@ -668,6 +687,8 @@ def main(argv=None, prog=None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
+    if args.rewarm and (args.decay_now or args.decay_start is not None):
+        parser.error("--rewarm ends a decay; it cannot be combined with --decay-now or --decay-start")
     if args.pack_to:
         r = pack_training_images(Path(args.data), Path(args.pack_to), args.val_images)
         print(f"packed {r['images']} training images (held-out ones left out) into {args.pack_to}: "

@@ -254,3 +254,48 @@ def test_best_checkpoint_is_kept(data_dir, tmp_path):
     score = tr.best_val
     del tr
     assert _trainer(data_dir, tmp_path / "run").best_val == score
+
+
+def test_learning_rate_schedule():
+    from aecodec.train import lr_at
+
+    assert lr_at(0, 1.0, 10, None, 100) == pytest.approx(0.1)
+    assert lr_at(50, 1.0, 10, None, 100) == 1.0
+    assert lr_at(50, 1.0, 10, 50, 100) == 1.0
+    assert lr_at(100, 1.0, 10, 50, 100) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_at(500, 1.0, 10, 50, 100) == pytest.approx(0.05)
+    # a re-warm ramps up again from its own step
+    assert lr_at(500, 1.0, 10, None, 100, warmup_from=495) == pytest.approx(0.6)
+    assert lr_at(505, 1.0, 10, None, 100, warmup_from=495) == 1.0
+
+
+def test_decay_and_rewarm_survive_a_resume(data_dir, tmp_path):
+    tr = _trainer(data_dir, tmp_path / "run", "--decay-now", "--decay-steps", "8")
+    tr.train_step()
+    tr.train_step()
+    tr.save()
+    del tr
+    # resumed without the flags, the decay goes on at its own length
+    tr = _trainer(data_dir, tmp_path / "run")
+    assert (tr.decay_start, tr.decay_steps) == (0, 8)
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 2 / 8))))
+    tr.save()
+    del tr
+    tr = _trainer(data_dir, tmp_path / "run", "--rewarm", "--warmup", "4")
+    assert tr.decay_start is None and tr.warmup_from == 3
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)
+    tr.save()
+    del tr
+    tr = _trainer(data_dir, tmp_path / "run", "--warmup", "4")
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(2e-3 / 4)
+
+
+def test_rewarm_with_a_decay_is_a_usage_error(data_dir, tmp_path):
+    from aecodec.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--rewarm", "--decay-now"])
+    assert e.value.code == 2
