@@ -129,6 +129,7 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     return {"images": len(train_files), "bytes": total}
 
 
+DEFAULT_LR = 3e-4
 DEFAULT_DECAY_STEPS = 20000
 
 
@@ -247,7 +248,8 @@ class Trainer:
         self.lambdas = torch.tensor(self.model.lambdas, device=self.device)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
-        self.opt = torch.optim.Adam(params, lr=args.lr)
+        self.base_lr = args.lr if args.lr is not None else DEFAULT_LR
+        self.opt = torch.optim.Adam(params, lr=self.base_lr)
         self.aux_opt = torch.optim.Adam(aux, lr=args.aux_lr)
         self.step = 0
         self.crops_seen = 0
@@ -296,7 +298,7 @@ class Trainer:
             "best_val": self.best_val,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
-                       "crop": self.args.crop, "batch": self.args.batch, "lr": self.args.lr},
+                       "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
@@ -324,6 +326,8 @@ class Trainer:
         self.train_seconds = st["train_seconds"]
         if self.args.decay_start is None:
             self.decay_start = st.get("decay_start")
+        if self.args.lr is None:
+            self.base_lr = cfg.get("lr") or DEFAULT_LR
         if self.args.decay_steps is None:
             self.decay_steps = st.get("decay_steps") or DEFAULT_DECAY_STEPS
         self.warmup_from = st.get("warmup_from", 0)
@@ -386,7 +390,7 @@ class Trainer:
         a = self.args
         self.model.train()
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, a.lr, a.warmup, self.decay_start, self.decay_steps,
+            g["lr"] = lr_at(self.step, self.base_lr, a.warmup, self.decay_start, self.decay_steps,
                             warmup_from=self.warmup_from)
         x = self.sampler.batch(a.batch, self.device)
         q = torch.randint(0, self.model.levels, (a.batch,)).to(self.device)
@@ -649,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", type=int, default=192, help="channels of the latent y")
     p.add_argument("--crop", type=int, default=256, help="side of the random training crops (pixels)")
     p.add_argument("--batch", type=int, default=4, help="crops per step")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate after the warm-up")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate after the warm-up (default {DEFAULT_LR}; kept in the checkpoint)")
     p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--decay-start", type=int, default=None, help="step at which cosine decay begins")
     p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")

@@ -299,3 +299,24 @@ def test_rewarm_with_a_decay_is_a_usage_error(data_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--rewarm", "--decay-now"])
     assert e.value.code == 2
+
+
+def test_learning_rate_is_kept_in_the_checkpoint(data_dir, tmp_path):
+    def trainer(*extra):
+        args = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "run"), "--N", "16", "--M", "24",
+                                          "--crop", "64", "--warmup", "1", "--val-crop", "64", "--threads", "1",
+                                          "--quiet", *extra])
+        return Trainer(args)
+
+    tr = trainer("--lr", "5e-4")
+    tr.train_step()
+    tr.save()
+    del tr
+    tr = trainer()  # resumed without --lr: the run's own rate, not the default
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    tr.save()
+    del tr
+    tr = trainer("--lr", "1e-4")  # the command line wins
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-4)
