@@ -505,9 +505,11 @@ def train(ctx):
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--register/--no-register", default=True, show_default=True,
               help="add the weights to the manifest next to OUT and make them the default")
-@click.option("--raw", is_flag=True, help="export the raw weights instead of their moving average")
+@click.option("--weights", "which", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True,
+              help="the weights' moving average or the raw weights; auto: what best.pt's validation "
+                   "preferred, else the average")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
-def export(checkpoint: str, out: str, register: bool, raw: bool, force: bool):
+def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     """Bake the CDF tables of a training CHECKPOINT into release weights OUT (.safetensors)."""
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
@@ -516,7 +518,7 @@ def export(checkpoint: str, out: str, register: bool, raw: bool, force: bool):
 
     try:
         entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
-                                  use_ema=not raw)
+                                  use_ema={"auto": None, "ema": True, "raw": False}[which])
     except (OSError, KeyError, RuntimeError) as e:
         raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
     click.echo(json.dumps(entry, indent=2))

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Dict, Optional
 
 
-def load_checkpoint_model(ckpt_path, use_ema: bool = True):
+def load_checkpoint_model(ckpt_path, use_ema: Optional[bool] = None):
+    """The model of a checkpoint: its moving average (use_ema=True), its raw weights
+    (False), or (None) the ones its validation preferred: best.pt records which; any
+    other checkpoint gives its moving average when it has one."""
     import torch
 
     from .model import ARCHITECTURES, GainedMeanScaleHyperprior
@@ -16,6 +19,8 @@ def load_checkpoint_model(ckpt_path, use_ema: bool = True):
     cfg = st["config"]
     cls = ARCHITECTURES[cfg.get("arch", GainedMeanScaleHyperprior.arch)]
     model = cls(N=cfg["N"], M=cfg["M"], lambdas=cfg["lambdas"])
+    if use_ema is None:
+        use_ema = st.get("export_weights", "ema") == "ema"
     ema = st.get("ema") if use_ema else None
     model.load_state_dict(ema["model"] if ema else st["model"], strict=False)
     st["exported_weights"] = f"moving average (decay {ema['decay']}, {ema['n']} steps)" if ema else "raw"
@@ -24,7 +29,7 @@ def load_checkpoint_model(ckpt_path, use_ema: bool = True):
 
 
 def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
-                      extra_meta: Optional[Dict] = None, use_ema: bool = True) -> Dict:
+                      extra_meta: Optional[Dict] = None, use_ema: Optional[bool] = None) -> Dict:
     from .weights import export, register
 
     model, st = load_checkpoint_model(ckpt_path, use_ema=use_ema)
@@ -48,12 +53,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m aecodec.export", description=__doc__)
     p.add_argument("ckpt")
     p.add_argument("out")
-    p.add_argument("--raw", action="store_true", help="export the raw weights, not their moving average")
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="moving average or raw weights (auto: what best.pt's validation preferred, else the average)")
     p.add_argument("--register", action="store_true", help="add to the manifest next to OUT as the default")
     a = p.parse_args(argv)
     out = Path(a.out)
     entry = export_checkpoint(a.ckpt, out, register_in=out.parent if a.register else None,
-                              use_ema=not a.raw)
+                              use_ema={"auto": None, "ema": True, "raw": False}[a.weights])
     print(json.dumps(entry, indent=2))
     return 0
 

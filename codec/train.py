@@ -258,7 +258,7 @@ class Trainer:
         self.decay_start = args.decay_start
         self.decay_steps = args.decay_steps if args.decay_steps is not None else DEFAULT_DECAY_STEPS
         self.warmup_from = 0
-        self.best_val = None  # lowest validated RD loss (summed over levels) of the exported weights
+        self.best_val = None  # lowest validated RD loss (summed over levels) of raw or averaged weights
 
         ckpt = self.run_dir / "last.pt"
         ema_state = None
@@ -543,23 +543,21 @@ class Trainer:
             if handler is not None:  # None: a handler not installed from Python
                 signal.signal(sig, handler)
 
-    def _keep_best(self, path: Path, val: Dict) -> None:
-        """Copy the checkpoint to best.pt when the weights that export would write (the
-        moving average, else the raw weights) reach the lowest validation loss so far.
+    def _keep_best(self, val: Dict, weights: str) -> None:
+        """Write best.pt when ``weights`` ("ema" or "raw", the better validated of the two)
+        reach the lowest validation loss so far; best.pt records which, for export.
 
         A loss spike drags the moving average down for ~1/(1-decay) steps; best.pt keeps
-        the last good state for a release meanwhile."""
-        import shutil
-
+        the last good state for a release meanwhile.  At the end of a learning-rate decay
+        the raw weights overtake their lagging average."""
         score = float(sum(val["loss"]))
         if self.best_val is not None and score >= self.best_val:
             return
         self.best_val = score
         self.save()  # record best_val in last.pt too
-        tmp = self.run_dir / "best.pt.tmp"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, self.run_dir / "best.pt")
-        print(f"step {self.step}: best validation so far (loss {score:.4f}), kept as best.pt", file=sys.stderr)
+        atomic_torch_save({**self._state(), "export_weights": weights}, self.run_dir / "best.pt")
+        print(f"step {self.step}: best validation so far ({weights} weights, loss {score:.4f}), kept as best.pt",
+              file=sys.stderr)
 
     def checkpoint_and_validate(self, validate: bool = True) -> None:
         path = self.save()
@@ -572,7 +570,10 @@ class Trainer:
             e = self.validate(self.ema.model)
             self.log({"kind": "val_ema", "step": self.step, "time": time.time(), **e})
             print(f"step {self.step}: EMA val psnr " + " ".join(f"{p:.2f}" for p in e["psnr"]), file=sys.stderr)
-        self._keep_best(path, e if self.ema is not None else v)
+        if self.ema is not None and sum(e["loss"]) <= sum(v["loss"]):
+            self._keep_best(e, "ema")
+        else:
+            self._keep_best(v, "raw")
         try:
             plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         except Exception as e:  # a plot must never stop training

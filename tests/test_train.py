@@ -123,7 +123,7 @@ def test_export_then_load_decodes(data_dir, tmp_path, monkeypatch):
     wdir = tmp_path / "weights"
     wdir.mkdir()
     entry = export_checkpoint(ckpt, wdir / "tiny.safetensors", register_in=wdir)
-    # the moving average is what ships by default; --raw exports the last weights
+    # the moving average is what ships by default from a checkpoint other than best.pt; the raw weights on request
     raw = export_checkpoint(ckpt, tmp_path / "raw.safetensors", use_ema=False)
     assert raw["model_id"] != entry["model_id"]
     assert W.read_metadata(wdir / "tiny.safetensors")["training_weights"].startswith("moving average")
@@ -320,3 +320,44 @@ def test_learning_rate_is_kept_in_the_checkpoint(data_dir, tmp_path):
     tr = trainer("--lr", "1e-4")  # the command line wins
     tr.train_step()
     assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("spoil, preferred", [("ema", "raw"), ("raw", "ema")])
+def test_best_checkpoint_records_the_better_weights_for_export(data_dir, tmp_path, spoil, preferred):
+    from aecodec.export import load_checkpoint_model
+
+    tr = _trainer(data_dir, tmp_path / "run")
+    for _ in range(3):
+        tr.train_step()
+    spoilt = tr.ema.model if spoil == "ema" else tr.model
+    with torch.no_grad():
+        spoilt.g_s[0].weight.mul_(-3.0)
+    tr.checkpoint_and_validate()
+    best = torch.load(tr.run_dir / "best.pt", map_location="cpu", weights_only=False)
+    assert best["export_weights"] == preferred
+    auto, _ = load_checkpoint_model(tr.run_dir / "best.pt")
+    chosen, _ = load_checkpoint_model(tr.run_dir / "best.pt", use_ema=preferred == "ema")
+    for (n, a), (_, b) in zip(auto.state_dict().items(), chosen.state_dict().items()):
+        assert torch.equal(a, b), n
+    # last.pt carries no such choice: export gives its moving average unless asked otherwise
+    last, st = load_checkpoint_model(tr.run_dir / "last.pt")
+    assert st["exported_weights"].startswith("moving average")
+
+
+def test_export_command_chooses_the_weights(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from aecodec import weights as W
+    from aecodec.cli import main
+
+    tr = _trainer(data_dir, tmp_path / "run")
+    tr.train_step()
+    ckpt = str(tr.save())
+    out = tmp_path / "w" / "raw.safetensors"
+    out.parent.mkdir()
+    r = CliRunner().invoke(main, ["export", ckpt, str(out), "--no-register", "--weights", "raw"])
+    assert r.exit_code == 0, r.output
+    assert W.read_metadata(out)["training_weights"] == "raw"
+    assert not (out.parent / "manifest.json").exists()
+    r = CliRunner().invoke(main, ["export", ckpt, str(out), "--no-register", "--weights", "average"])
+    assert r.exit_code == 2
