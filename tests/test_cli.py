@@ -230,7 +230,10 @@ def test_signal_during_a_real_run_leaves_nothing(tmp_path, photo_crops, sig):
     Image.fromarray(photo_crops[0][:64, :64]).save(tmp_path / "small.png")
     p = subprocess.Popen([sys.executable, "-c", "from aecodec.cli import main; main()", "compress",
                           str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-q", "3"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a foreground command: Ctrl-C applies even when pytest itself runs in the
+                         # background (nohup ... &), whose children inherit an ignored SIGINT
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (tmp_path / "small.aec").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
