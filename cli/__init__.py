@@ -514,12 +514,12 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
     _check_output(out, force)
-    from aecodec.export import export_checkpoint
+    from aecodec.export import WEIGHTS, export_checkpoint
 
     try:
         entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
-                                  use_ema={"auto": None, "ema": True, "raw": False}[which])
-    except (OSError, KeyError, RuntimeError) as e:
+                                  use_ema=WEIGHTS[which])
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
     click.echo(json.dumps(entry, indent=2))
 

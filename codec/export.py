@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 
+WEIGHTS = {"auto": None, "ema": True, "raw": False}  # --weights choice -> use_ema
+
+
 def load_checkpoint_model(ckpt_path, use_ema: Optional[bool] = None):
     """The model of a checkpoint: its moving average (use_ema=True), its raw weights
     (False), or (None) the ones its validation preferred: best.pt records which; any
@@ -19,6 +22,8 @@ def load_checkpoint_model(ckpt_path, use_ema: Optional[bool] = None):
     cfg = st["config"]
     cls = ARCHITECTURES[cfg.get("arch", GainedMeanScaleHyperprior.arch)]
     model = cls(N=cfg["N"], M=cfg["M"], lambdas=cfg["lambdas"])
+    if use_ema and st.get("ema") is None:
+        raise ValueError("no moving average in it; use --weights raw")
     if use_ema is None:
         use_ema = st.get("export_weights", "ema") == "ema"
     ema = st.get("ema") if use_ema else None
@@ -53,13 +58,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m aecodec.export", description=__doc__)
     p.add_argument("ckpt")
     p.add_argument("out")
-    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+    p.add_argument("--weights", choices=list(WEIGHTS), default="auto",
                    help="moving average or raw weights (auto: what best.pt's validation preferred, else the average)")
     p.add_argument("--register", action="store_true", help="add to the manifest next to OUT as the default")
     a = p.parse_args(argv)
     out = Path(a.out)
     entry = export_checkpoint(a.ckpt, out, register_in=out.parent if a.register else None,
-                              use_ema={"auto": None, "ema": True, "raw": False}[a.weights])
+                              use_ema=WEIGHTS[a.weights])
     print(json.dumps(entry, indent=2))
     return 0
 

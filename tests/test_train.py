@@ -361,3 +361,11 @@ def test_export_command_chooses_the_weights(data_dir, tmp_path):
     assert not (out.parent / "manifest.json").exists()
     r = CliRunner().invoke(main, ["export", ckpt, str(out), "--no-register", "--weights", "average"])
     assert r.exit_code == 2
+    # a checkpoint without a moving average cannot give one: one line, exit 1, nothing written
+    st = torch.load(ckpt, map_location="cpu", weights_only=False)
+    st["ema"] = None
+    torch.save(st, tmp_path / "no-ema.pt")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "no-ema.pt"), str(tmp_path / "w" / "e.safetensors"),
+                                  "--no-register", "--weights", "ema"])
+    assert r.exit_code == 1 and "no moving average" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "w" / "e.safetensors").exists()
