@@ -1,14 +1,23 @@
 #!/bin/sh
 # Train on a lent GPU machine (docs/GPU.md). Runs in the repository root there, with .gpu/
 # carried: .gpu/train (from `aecodec train DATA --pack-to .gpu/train`) and .gpu/whl (compressai's
-# cp312 wheel). Warm-starts from the shipped default weights, trains MINUTES, and leaves in $OUT
-# the exported moving-average weights (gpu.safetensors, under the 16 MiB a returned file may
-# have), the export record and the training log.
-#   usage: sh docs/gpu-train.sh [MINUTES [extra aecodec train options]]
+# cp312 wheel). Warm-starts from the shipped default weights and trains in two phases:
+#   1. CONST minutes at a constant learning rate (LR, default 2e-4; batch BATCH, default 16);
+#   2. DECAY minutes of cosine decay to 5 % of it, its length in steps measured from phase 1.
+# Leaves in $OUT: the raw weights and their moving average at the end (raw.safetensors,
+# ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
+# the moving average after phase 1 (const-ema.safetensors: a fallback should phase 2 be cut
+# off) and the training log.
+#   usage: sh docs/gpu-train.sh [CONST [DECAY [extra aecodec train options]]]
 set -eu
-MINUTES=${1:-7}
+CONST=${1:-4.5}
+DECAY=${2:-3}
+[ $# -gt 0 ] && shift
 [ $# -gt 0 ] && shift
 PY=${PYTHON:-python3}
+RUN=${RUN_DIR:-/tmp/run}
+t0=$(date +%s)
+say() { echo "[gpu-train +$(( $(date +%s) - t0 ))s] $*"; }
 if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('compressai') is None)"; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
 fi
@@ -16,8 +25,25 @@ mkdir -p /tmp/pkg && ln -sfn "$PWD/codec" /tmp/pkg/aecodec
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 INIT=weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-$PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir "${RUN_DIR:-/tmp/run}" --fresh \
-    --init "$INIT" --batch 16 --crop 256 --minutes "$MINUTES" --ckpt-minutes 2 --val-minutes 2 --quiet "$@"
-$PY -m aecodec.export "${RUN_DIR:-/tmp/run}/last.pt" "$OUT/gpu.safetensors" > "$OUT/export.json"
-cp "${RUN_DIR:-/tmp/run}/log.jsonl" "$OUT/"
-echo "warm start $INIT; last validation: $(grep val_ema "${RUN_DIR:-/tmp/run}/log.jsonl" | tail -n 1)"
+set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "${BATCH:-16}" --crop 256 \
+    --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
+say "phase 1: $CONST min at lr ${LR:-2e-4} from $INIT"
+$PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "${LR:-2e-4}" --minutes "$CONST"
+$PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
+cp "$RUN/log.jsonl" "$OUT/"
+STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
+a, b = rows[len(rows) // 5], rows[-1]  # past the warm-up (cudnn autotuning)
+rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
+print(max(1, int(rate * float(sys.argv[2]) * 60 * 0.95)))
+PY
+)
+say "phase 2: cosine decay over $STEPS steps ($DECAY min)"
+$PY -m aecodec.train .gpu/train "$@" --decay-now --decay-steps "$STEPS" --steps "$STEPS" --minutes "$DECAY"
+for w in raw ema; do
+    $PY -m aecodec.export "$RUN/last.pt" "$OUT/$w.safetensors" --weights "$w" > "$OUT/$w.json"
+done
+cp "$RUN/log.jsonl" "$OUT/"
+say "done; last validations:"
+grep '"val' "$RUN/log.jsonl" | tail -n 2 | cut -c1-400
