@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Compare weights files on the training run's held-out images, the same way
+training validates (eval mode, rounded latents, the model's own rate estimate,
+centre crops): per-level bpp and PSNR, the summed RD loss, and the BD-rate of
+each file against the first.  A quick check (a minute or two on 2 cores) before
+spending a Kodak benchmark on new weights, e.g. those returned by a GPU run.
+
+    python tools/heldout.py ../shared/data/train/images weights/OLD.safetensors NEW.safetensors [...]
+
+The held-out images are the ones ``aecodec train DATA`` holds out (``--val-images``,
+default 8, chosen by a hash of the file name), so no run on DATA or on its
+``--pack-to`` copy has trained on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+
+def evaluate(data, files, val_images: int = 8, crop: int = 256):
+    """[(file, validation dict, BD-rate % against the first file)]."""
+    import torch
+
+    from aecodec.bdrate import bd_rate
+    from aecodec.train import Trainer, load_rgb, training_split
+    from aecodec.weights import build_model, load_state_dict_file, read_metadata
+
+    _, held_out = training_split(data, val_images)
+    images = [load_rgb(p) for p in held_out]
+    rows, ref = [], None
+    for f in files:
+        model = build_model(read_metadata(f), load_state_dict_file(f))
+        # Trainer.validate needs only these attributes: one definition of "validation"
+        ctx = types.SimpleNamespace(args=types.SimpleNamespace(val_crop=crop), val_imgs=images, model=model,
+                                    lambdas=torch.tensor(model.lambdas), device=torch.device("cpu"))
+        v = Trainer.validate(ctx, model)
+        ref = ref or v
+        rows.append((f, v, bd_rate(ref["bpp"], ref["psnr"], v["bpp"], v["psnr"])))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="the training data folder (its held-out images are used)")
+    p.add_argument("weights", nargs="+", help=".safetensors files; the first is the reference")
+    p.add_argument("--val-images", type=int, default=8, help="as given to aecodec train")
+    p.add_argument("--crop", type=int, default=256, help="side of the centre crops")
+    a = p.parse_args(argv)
+    for f in a.weights:
+        if not Path(f).is_file():
+            p.error(f"no such weights file: {f}")
+    for f, v, bd in evaluate(a.data, a.weights, a.val_images, a.crop):
+        bd_text = "no overlap with the first" if bd is None or bd != bd else f"{bd:+.2f} %"
+        print(f"{Path(f).name}: BD-rate {bd_text}, loss {sum(v['loss']):.3f}; bpp "
+              + " ".join(f"{b:.3f}" for b in v["bpp"]) + "; PSNR " + " ".join(f"{x:.2f}" for x in v["psnr"]),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
