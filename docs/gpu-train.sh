@@ -1,7 +1,7 @@
 #!/bin/sh
 # Train on a lent GPU machine (docs/GPU.md). Runs in the repository root there, with .gpu/
 # carried: .gpu/train (from `aecodec train DATA --pack-to .gpu/train`) and .gpu/whl (compressai's
-# cp312 wheel). Warm-starts from the shipped default weights and trains in two phases:
+# cp312 wheel). Warm-starts from the shipped default weights (or INIT) and trains in two phases:
 #   1. CONST minutes at a constant learning rate (LR, default 2e-4; batch BATCH, default 16);
 #   2. DECAY minutes of cosine decay to 5 % of it, its length in steps measured from phase 1.
 # Leaves in $OUT: the raw weights and their moving average at the end (raw.safetensors,
@@ -23,7 +23,9 @@ if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('compressai')
 fi
 mkdir -p /tmp/pkg && ln -sfn "$PWD/codec" /tmp/pkg/aecodec
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
-INIT=weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")
+# INIT: the weights to start from (default: the shipped default model); a file to carry in .gpu/
+INIT=${INIT:-weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")}
+[ -f "$INIT" ] || { echo "gpu-train: no such weights file: $INIT" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "${BATCH:-16}" --crop 256 \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
@@ -35,7 +37,10 @@ STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
 a, b = rows[len(rows) // 5], rows[-1]  # past the warm-up (cudnn autotuning)
-rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
+if b["time"] <= a["time"]:  # too short a phase 1 for a measured rate: assume 1 step/s
+    rate = 1.0
+else:
+    rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
 print(max(1, int(rate * float(sys.argv[2]) * 60 * 0.95)))
 PY
 )
