@@ -162,7 +162,7 @@ class EMA:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self._pairs = None
+        self._bound = False  # bound to the live model's tensors at the first update
 
     def _bind(self, model):
         live = list(model.state_dict().values())
@@ -179,12 +179,12 @@ class EMA:
                 self._float[1].append(v)
             else:
                 self._other.append((m, v))
-        self._pairs = True
+        self._bound = True
 
     def update(self, model) -> None:
         import torch
 
-        if self._pairs is None:
+        if not self._bound:
             self._bind(model)
         self.n += 1
         d = min(self.decay, (1 + self.n) / (10 + self.n))
@@ -202,7 +202,7 @@ class EMA:
     def load_state_dict(self, st: Dict) -> None:
         self.model.load_state_dict(st["model"])
         self.n = int(st["n"])
-        self._pairs = None
+        self._bound = False
 
 
 def resolve_device(name: str):
