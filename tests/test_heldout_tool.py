@@ -25,7 +25,7 @@ def _data(tmp_path):
     src = np.asarray(Image.open(ROOT / "samples" / "sample.png").convert("RGB"))
     d = tmp_path / "data"
     d.mkdir()
-    for i in range(2):  # one held out, chosen by the hash of the name
+    for i in range(2):  # one held out (chosen by the hash of the name), one trained on
         Image.fromarray(np.ascontiguousarray(np.rot90(src, i))[:128, :128]).save(d / f"im{i}.png")
     return d
 
@@ -40,8 +40,9 @@ def test_same_weights_zero_bd_rate_and_a_damaged_copy_is_worse(tmp_path):
     k = "g_s.6.bias"  # the synthesis's last layer
     sd[k] = sd[k] + 0.01  # a decoder off by 1 % of full scale: same rate, lower PSNR, still monotonic
     save_file(sd, bad, metadata=read_metadata(w))
-    rows = heldout.evaluate(_data(tmp_path), [w, w, bad], crop=128)
+    rows = heldout.evaluate(_data(tmp_path), [w, w, bad], crop=128, train_images=1)
     assert rows[0][2] == 0 and abs(rows[1][2]) < 1e-9
+    assert rows[0][3] > 0 and rows[0][3] == rows[1][3]  # the overfitting gap, deterministic too
     assert rows[1][1] == rows[0][1]  # deterministic
     assert rows[2][2] > 1.0  # the damaged decoder needs more rate for the same PSNR
     assert sum(rows[2][1]["loss"]) > sum(rows[0][1]["loss"])

@@ -20,25 +20,37 @@ import types
 from pathlib import Path
 
 
-def evaluate(data, files, val_images: int = 8, crop: int = 256):
-    """[(file, validation dict, BD-rate % against the first file)]."""
+def _validate(model, images, crop: int):
+    """Trainer.validate on ``images``: it needs only these attributes, so "validation"
+    keeps one definition."""
     import torch
 
+    from aecodec.train import Trainer
+
+    ctx = types.SimpleNamespace(args=types.SimpleNamespace(val_crop=crop), val_imgs=images, model=model,
+                                lambdas=torch.tensor(model.lambdas), device=torch.device("cpu"))
+    return Trainer.validate(ctx, model)
+
+
+def evaluate(data, files, val_images: int = 8, crop: int = 256, train_images: int = 0):
+    """[(file, validation dict, BD-rate % against the first file, gap)]: gap is the summed
+    RD loss on the held-out crops over that on ``train_images`` training photos (evenly
+    spread over the training split), None when train_images is 0.  A gap that grows
+    from one set of weights to the next is overfitting."""
     from aecodec.bdrate import bd_rate
-    from aecodec.train import Trainer, load_rgb, training_split
+    from aecodec.train import load_rgb, training_split
     from aecodec.weights import build_model, load_state_dict_file, read_metadata
 
-    _, held_out = training_split(data, val_images)
+    train, held_out = training_split(data, val_images)
     images = [load_rgb(p) for p in held_out]
+    seen = [load_rgb(p) for p in train[::max(1, len(train) // train_images)][:train_images]] if train_images else []
     rows, ref = [], None
     for f in files:
         model = build_model(read_metadata(f), load_state_dict_file(f))
-        # Trainer.validate needs only these attributes: one definition of "validation"
-        ctx = types.SimpleNamespace(args=types.SimpleNamespace(val_crop=crop), val_imgs=images, model=model,
-                                    lambdas=torch.tensor(model.lambdas), device=torch.device("cpu"))
-        v = Trainer.validate(ctx, model)
+        v = _validate(model, images, crop)
         ref = ref or v
-        rows.append((f, v, bd_rate(ref["bpp"], ref["psnr"], v["bpp"], v["psnr"])))
+        gap = sum(v["loss"]) / sum(_validate(model, seen, crop)["loss"]) if seen else None
+        rows.append((f, v, bd_rate(ref["bpp"], ref["psnr"], v["bpp"], v["psnr"]), gap))
     return rows
 
 
@@ -49,13 +61,19 @@ def main(argv=None) -> int:
     p.add_argument("weights", nargs="+", help=".safetensors files; the first is the reference")
     p.add_argument("--val-images", type=int, default=8, help="as given to aecodec train")
     p.add_argument("--crop", type=int, default=256, help="side of the centre crops")
+    p.add_argument("--train-images", type=int, default=0, metavar="N",
+                   help="also validate on N training photos and print held-out loss / training loss "
+                        "(the overfitting gap)")
     a = p.parse_args(argv)
     for f in a.weights:
         if not Path(f).is_file():
             p.error(f"no such weights file: {f}")
-    for f, v, bd in evaluate(a.data, a.weights, a.val_images, a.crop):
+    if a.train_images < 0:
+        p.error("--train-images must be 0 or more")
+    for f, v, bd, gap in evaluate(a.data, a.weights, a.val_images, a.crop, a.train_images):
         bd_text = "no overlap with the first" if bd is None or bd != bd else f"{bd:+.2f} %"
-        print(f"{Path(f).name}: BD-rate {bd_text}, loss {sum(v['loss']):.3f}; bpp "
+        gap_text = f", held-out/training loss {gap:.3f}" if gap is not None else ""
+        print(f"{Path(f).name}: BD-rate {bd_text}, loss {sum(v['loss']):.3f}{gap_text}; bpp "
               + " ".join(f"{b:.3f}" for b in v["bpp"]) + "; PSNR " + " ".join(f"{x:.2f}" for x in v["psnr"]),
               flush=True)
     return 0
