@@ -16,6 +16,7 @@ from typing import Optional
 import click
 
 from aecodec.api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES
+from aecodec.export import WEIGHTS as EXPORT_WEIGHTS  # light: torch loads when an export runs
 
 EXIT_DATA = 1  # unreadable image, corrupt file, I/O failure
 EXIT_USAGE = 2  # bad options, refusing to overwrite
@@ -505,7 +506,7 @@ def train(ctx):
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--register/--no-register", default=True, show_default=True,
               help="add the weights to the manifest next to OUT and make them the default")
-@click.option("--weights", "which", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True,
+@click.option("--weights", "which", type=click.Choice(list(EXPORT_WEIGHTS)), default="auto", show_default=True,
               help="the weights' moving average or the raw weights; auto: what best.pt's validation "
                    "preferred, else the average")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
@@ -514,11 +515,11 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
     _check_output(out, force)
-    from aecodec.export import WEIGHTS, export_checkpoint
+    from aecodec.export import export_checkpoint
 
     try:
         entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
-                                  use_ema=WEIGHTS[which])
+                                  use_ema=EXPORT_WEIGHTS[which])
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
     click.echo(json.dumps(entry, indent=2))

@@ -52,3 +52,11 @@ def test_cli_missing_file_is_a_usage_error(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "heldout.py"), str(tmp_path), str(tmp_path / "nope.safetensors")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such weights file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_not_weights_is_a_one_line_data_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors at all")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "heldout.py"), str(_data(tmp_path)), str(junk)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "junk.safetensors" in r.stderr and "Traceback" not in r.stderr, r.stderr

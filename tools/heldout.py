@@ -46,7 +46,8 @@ def evaluate(data, files, val_images: int = 8, crop: int = 256, train_images: in
     seen = [load_rgb(p) for p in train[::max(1, len(train) // train_images)][:train_images]] if train_images else []
     rows, ref = [], None
     for f in files:
-        model = build_model(read_metadata(f), load_state_dict_file(f))
+        state = load_state_dict_file(f)  # first: it turns a file that is not safetensors into WeightsError
+        model = build_model(read_metadata(f), state)
         v = _validate(model, images, crop)
         ref = ref or v
         gap = sum(v["loss"]) / sum(_validate(model, seen, crop)["loss"]) if seen else None
@@ -70,7 +71,13 @@ def main(argv=None) -> int:
             p.error(f"no such weights file: {f}")
     if a.train_images < 0:
         p.error("--train-images must be 0 or more")
-    for f, v, bd, gap in evaluate(a.data, a.weights, a.val_images, a.crop, a.train_images):
+    from aecodec.weights import WeightsError
+
+    try:
+        rows = evaluate(a.data, a.weights, a.val_images, a.crop, a.train_images)
+    except (WeightsError, KeyError, ValueError) as e:  # not aecodec weights: one line, exit 1
+        p.exit(1, f"{p.prog}: error: {e}\n")
+    for f, v, bd, gap in rows:
         bd_text = "no overlap with the first" if bd is None or bd != bd else f"{bd:+.2f} %"
         gap_text = f", held-out/training loss {gap:.3f}" if gap is not None else ""
         print(f"{Path(f).name}: BD-rate {bd_text}, loss {sum(v['loss']):.3f}{gap_text}; bpp "
