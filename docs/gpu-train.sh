@@ -2,7 +2,8 @@
 # Train on a lent GPU machine (docs/GPU.md). Runs in the repository root there, with .gpu/
 # carried: .gpu/train (from `aecodec train DATA --pack-to .gpu/train`) and .gpu/whl (compressai's
 # cp312 wheel). Warm-starts from the shipped default weights (or INIT) and trains in two phases:
-#   1. CONST minutes at a constant learning rate (LR, default 2e-4; batch BATCH, default 16);
+#   0. (BATCH=auto, the default) a probe of the batch sizes in PROBE (a few seconds each);
+#   1. CONST minutes at a constant learning rate (LR, default 2e-4 x sqrt(BATCH / 16));
 #   2. DECAY minutes of cosine decay to 5 % of it, its length in steps measured from phase 1.
 # Leaves in $OUT: the raw weights and their moving average at the end (raw.safetensors,
 # ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
@@ -27,17 +28,29 @@ export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 INIT=${INIT:-weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")}
 [ -f "$INIT" ] || { echo "gpu-train: no such weights file: $INIT" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "${BATCH:-16}" --crop 256 \
+# BATCH=auto (the default): time a few steps at each batch of PROBE (default 16,32,64) and take
+# the largest reached through doublings that each add >= 20 % crops/s; the default learning
+# rate then scales with sqrt(batch / 16) from 2e-4 (the setting measured at batch 16).
+BATCH=${BATCH:-auto}
+if [ "$BATCH" = auto ]; then
+    say "probing batch sizes ${PROBE:-16,32,64}"
+    BATCH=$($PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
+        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --quiet --probe-batches "${PROBE:-16,32,64}" \
+        | tee "$OUT/probe.json" | $PY -c "import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])['recommended_batch'])") || true
+    [ -n "$BATCH" ] || { say "the probe failed: batch 16"; BATCH=16; }
+fi
+LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}
+set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
-say "phase 1: $CONST min at lr ${LR:-2e-4} from $INIT"
-$PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "${LR:-2e-4}" --minutes "$CONST"
+say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
+$PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
 $PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
 cp "$RUN/log.jsonl" "$OUT/"
 STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
-a, b = rows[len(rows) // 5], rows[-1]  # past the warm-up (cudnn autotuning)
-if b["time"] <= a["time"]:  # too short a phase 1 for a measured rate: assume 1 step/s
+a, b = (rows[len(rows) // 5], rows[-1]) if rows else (None, None)  # past the warm-up (cudnn autotuning)
+if not rows or b["time"] <= a["time"]:  # too short a phase 1 for a measured rate: assume 1 step/s
     rate = 1.0
 else:
     rate = (b["step"] - a["step"]) / (b["time"] - a["time"])

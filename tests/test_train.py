@@ -369,3 +369,100 @@ def test_export_command_chooses_the_weights(data_dir, tmp_path):
                                   "--no-register", "--weights", "ema"])
     assert r.exit_code == 1 and "no moving average" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "w" / "e.safetensors").exists()
+
+
+# -- the device-side crop sampler (what a GPU run uses) and the batch probe -----------------------------
+
+def _coordinate_images():
+    """Images whose pixels name themselves: R = image number, G = row, B = column."""
+    ims = []
+    for i, (h, w) in enumerate([(40, 70), (90, 33), (50, 50)]):
+        im = np.zeros((h, w, 3), np.uint8)
+        im[..., 0] = i
+        im[..., 1] = np.arange(h)[:, None]
+        im[..., 2] = np.arange(w)[None, :]
+        ims.append(im)
+    return ims
+
+
+def test_device_sampler_cuts_whole_crops_with_both_flips():
+    from aecodec.train import DeviceCropSampler
+
+    ims = _coordinate_images()
+    s = DeviceCropSampler(ims, 32, seed=0, device="cpu")
+    seen_images, flips = set(), set()
+    for _ in range(20):
+        x = (s.batch(8) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert x.shape == (8, 32, 32, 3)
+        for crop in x:
+            i = int(crop[0, 0, 0])
+            assert (crop[..., 0] == i).all()
+            h, w = ims[i].shape[:2]
+            rows, cols = crop[:, 0, 1].astype(int), crop[0, :, 2].astype(int)
+            # every row of the crop is one image row, every column one image column, all inside
+            assert (crop[..., 1] == rows[:, None]).all() and (crop[..., 2] == cols[None, :]).all()
+            assert abs(np.diff(rows)).tolist() == [1] * 31 and abs(np.diff(cols)).tolist() == [1] * 31
+            assert rows.min() >= 0 and rows.max() < h and cols.max() < w
+            seen_images.add(i)
+            flips.add((rows[1] < rows[0], cols[1] < cols[0]))
+    assert seen_images == {0, 1, 2}
+    assert flips == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_device_sampler_drops_small_images_and_resumes_exactly():
+    from aecodec.train import DeviceCropSampler
+
+    ims = _coordinate_images()
+    s = DeviceCropSampler(ims, 40, seed=3, device="cpu")
+    assert len(s.images) == 2  # 90x33 is narrower than a crop
+    s.batch(4)
+    st = s.state()
+    a, qa = s.batch(5), s.levels(5, 8)
+    s.batch(7)
+    s.set_state(st)
+    assert torch.equal(s.batch(5), a) and torch.equal(s.levels(5, 8), qa)
+    with pytest.raises(ValueError, match="at least 100x100"):
+        DeviceCropSampler(ims, 100, seed=0, device="cpu")
+
+
+def test_resume_is_bit_exact_with_the_device_sampler(data_dir, tmp_path):
+    a = _trainer(data_dir, tmp_path / "a", "--sampler", "device")
+    assert a.sampler.kind == "device"
+    for _ in range(3):
+        a.train_step()
+    a.save()
+    expected = a.train_step()["loss"]
+    c = _trainer(data_dir, tmp_path / "a", "--sampler", "device")
+    assert c.step == 3 and c.train_step()["loss"] == expected
+
+
+def test_resume_with_the_other_sampler_starts_a_new_stream(data_dir, tmp_path, capsys):
+    a = _trainer(data_dir, tmp_path / "a")  # cpu: the host sampler
+    assert a.sampler.kind == "host"
+    a.train_step()
+    a.save()
+    c = _trainer(data_dir, tmp_path / "a", "--sampler", "device")
+    assert c.step == 1 and c.sampler.kind == "device"
+    assert "starts a new stream" in capsys.readouterr().err
+    assert np.isfinite(c.train_step()["loss"])
+
+
+def test_probe_times_each_batch_and_recommends_one(data_dir, tmp_path, capsys):
+    import json
+
+    from aecodec.train import main, recommend_batch
+
+    rc = main([str(data_dir), "--run-dir", str(tmp_path / "p"), "--N", "16", "--M", "24", "--crop", "64",
+               "--threads", "1", "--quiet", "--probe-batches", "1,2"])
+    out = capsys.readouterr()
+    assert rc == 0
+    res = json.loads(out.out.strip().splitlines()[-1])
+    assert [r["batch"] for r in res["probe"]] == [1, 2] and res["recommended_batch"] in (1, 2)
+    assert all(r["crops_per_s"] > 0 for r in res["probe"])
+    assert not (tmp_path / "p" / "last.pt").exists()  # a probe saves nothing
+    rows = [{"batch": 16, "crops_per_s": 700}, {"batch": 32, "crops_per_s": 1200},
+            {"batch": 64, "crops_per_s": 1300}, {"batch": 128, "crops_per_s": 2600}]
+    assert recommend_batch(rows) == 32  # 64 adds under 20 %: stop there
+    assert recommend_batch(rows[:1]) == 16
+    with pytest.raises(SystemExit):
+        main([str(data_dir), "--probe-batches", "16,x"])
