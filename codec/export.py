@@ -33,6 +33,58 @@ def load_checkpoint_model(ckpt_path, use_ema: Optional[bool] = None):
     return model, st
 
 
+def _hours_by_device(value, device: str) -> Dict[str, float]:
+    """A ``training_hours`` field (a number, or a JSON object of hours per machine) as a dict."""
+    try:
+        v = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    if isinstance(v, dict):
+        return {str(k): float(x) for k, x in v.items()}
+    return {device: float(v)} if isinstance(v, (int, float)) else {}
+
+
+def lineage(parent: Dict, st: Dict) -> Dict:
+    """Cumulative training record of a run that warm-started from released weights.
+
+    ``parent`` is the metadata of those weights (``model_id`` and ``training_*``, as the
+    trainer stored it at ``--init``; with ``via_checkpoint`` when the start was another
+    run's checkpoint that itself began from weights).  The totals (steps, crops, hours per
+    machine) add this run to the parent's; ``training_lineage`` lists every stage."""
+    cfg = st.get("config", {})
+    device = cfg.get("device", "unknown")
+    stages = []
+    try:
+        stages = json.loads(parent.get("training_lineage", "[]"))
+    except ValueError:
+        pass
+    p_steps = int(parent.get("training_steps", 0) or 0)
+    p_crops = int(parent.get("training_crops_seen", 0) or 0)
+    hours = _hours_by_device(parent.get("training_hours", 0), "earlier stages")
+    if not stages:
+        stages = [{"result": parent.get("model_id", "?"), "steps": p_steps, "crops": p_crops,
+                   "hours": round(sum(hours.values()), 3)}]
+    own_steps, own_crops = int(st.get("step", 0)), int(st.get("crops_seen", 0))
+    own_hours = st.get("train_seconds", 0.0) / 3600
+    via = parent.get("via_checkpoint")
+    if via:  # an intermediate run whose checkpoint this one started from
+        stages.append({"from": parent.get("model_id", "?"), "device": via["device"], "steps": via["steps"],
+                       "crops": via["crops"], "hours": via["hours"]})
+        p_steps, p_crops = p_steps + via["steps"], p_crops + via["crops"]
+        hours[via["device"]] = round(hours.get(via["device"], 0.0) + via["hours"], 3)
+    stages.append({"from": parent.get("model_id", "?") if not via else "checkpoint", "device": device,
+                   "steps": own_steps, "crops": own_crops, "hours": round(own_hours, 3),
+                   "batch": cfg.get("batch"), "crop": cfg.get("crop"), "lr": cfg.get("lr")})
+    hours[device] = round(hours.get(device, 0.0) + own_hours, 3)
+    return {
+        "training_steps": p_steps + own_steps,
+        "training_crops_seen": p_crops + own_crops,
+        "training_hours": hours,
+        "training_lineage": stages,
+        "training_parent": parent.get("model_id", "?"),
+    }
+
+
 def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
                       extra_meta: Optional[Dict] = None, use_ema: Optional[bool] = None) -> Dict:
     from .weights import export, register
@@ -45,6 +97,8 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
         "training_config": st.get("config", {}),
         "training_weights": st["exported_weights"],
     }
+    if st.get("parent"):
+        meta.update(lineage(st["parent"], st))
     meta.update(extra_meta or {})
     entry = export(model, out_path, extra_meta=meta)
     if register_in is not None:

@@ -289,6 +289,15 @@ def resolve_device(name: str):
     return dev
 
 
+def describe_device(device, threads: int) -> str:
+    """The machine a run trains on, in words, for the weights' training record."""
+    import torch
+
+    if device.type == "cuda":
+        return f"1 {torch.cuda.get_device_name(device)}"
+    return f"CPU ({threads} threads)"
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 
@@ -344,6 +353,7 @@ class Trainer:
         self.decay_steps = args.decay_steps if args.decay_steps is not None else DEFAULT_DECAY_STEPS
         self.warmup_from = 0
         self.best_val = None  # lowest validated RD loss (summed over levels) of raw or averaged weights
+        self.parent = None  # metadata of the weights a warm start began from (kept in the checkpoint)
 
         ckpt = self.run_dir / "last.pt"
         ema_state = None
@@ -382,8 +392,10 @@ class Trainer:
             "warmup_from": self.warmup_from,
             "best_val": self.best_val,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "parent": self.parent,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
-                       "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr},
+                       "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
+                       "device": describe_device(self.device, self.args.threads)},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
@@ -417,6 +429,7 @@ class Trainer:
             self.decay_steps = st.get("decay_steps") or DEFAULT_DECAY_STEPS
         self.warmup_from = st.get("warmup_from", 0)
         self.best_val = st.get("best_val")
+        self.parent = st.get("parent")
         torch.set_rng_state(st["rng"]["torch"])
         if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
@@ -459,11 +472,21 @@ class Trainer:
         import torch
 
         if str(path).endswith(".safetensors"):
-            from .weights import load_state_dict_file
+            from .weights import load_state_dict_file, read_metadata
 
             sd = load_state_dict_file(path)
+            meta = read_metadata(path)
+            # what the export of this run adds its own training to (aecodec.export.lineage)
+            self.parent = {k: v for k, v in meta.items() if k == "model_id" or k.startswith("training_")}
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=False)["model"]
+            st = torch.load(path, map_location="cpu", weights_only=False)
+            sd = st["model"]
+            self.parent = st.get("parent")
+            if self.parent is not None:  # that run's own training counts too
+                self.parent = {**self.parent, "via_checkpoint": {
+                    "steps": st.get("step", 0), "crops": st.get("crops_seen", 0),
+                    "hours": round(st.get("train_seconds", 0.0) / 3600, 3),
+                    "device": st.get("config", {}).get("device", "unknown")}}
         own = self.model.state_dict()
         copied = 0
         for k, v in sd.items():

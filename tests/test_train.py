@@ -466,3 +466,41 @@ def test_probe_times_each_batch_and_recommends_one(data_dir, tmp_path, capsys):
     assert recommend_batch(rows[:1]) == 16
     with pytest.raises(SystemExit):
         main([str(data_dir), "--probe-batches", "16,x"])
+
+
+def test_export_adds_a_warm_started_run_to_its_parents_record(data_dir, tmp_path):
+    import json
+
+    from aecodec import weights as W
+    from aecodec.export import export_checkpoint
+
+    a = _trainer(data_dir, tmp_path / "a")
+    for _ in range(3):
+        a.train_step()
+    ea = export_checkpoint(a.save(), tmp_path / "a.safetensors")
+    meta_a = W.read_metadata(tmp_path / "a.safetensors")
+    assert "training_lineage" not in meta_a and meta_a["training_steps"] == "3"
+
+    b = _trainer(data_dir, tmp_path / "b", "--init", str(tmp_path / "a.safetensors"))
+    for _ in range(2):
+        b.train_step()
+    b.save()
+    b = _trainer(data_dir, tmp_path / "b")  # the parent survives a resume (a GPU run's phase 2)
+    b.train_step()
+    export_checkpoint(b.save(), tmp_path / "b.safetensors")
+    m = W.read_metadata(tmp_path / "b.safetensors")
+    assert m["training_steps"] == "6" and m["training_crops_seen"] == str(6 * 4)
+    assert m["training_parent"] == ea["model_id"]
+    stages = json.loads(m["training_lineage"])
+    assert [s["steps"] for s in stages] == [3, 3] and stages[0]["result"] == ea["model_id"]
+    assert stages[1]["device"] == "CPU (1 threads)" and stages[1]["batch"] == 4
+    hours = json.loads(m["training_hours"])
+    assert set(hours) == {"earlier stages", "CPU (1 threads)"} and all(v >= 0 for v in hours.values())
+
+    # a run started from another run's checkpoint counts that run's steps as a stage
+    c = _trainer(data_dir, tmp_path / "c", "--init", str(tmp_path / "b" / "last.pt"))
+    c.train_step()
+    export_checkpoint(c.save(), tmp_path / "c.safetensors")
+    m = W.read_metadata(tmp_path / "c.safetensors")
+    assert m["training_steps"] == "7"
+    assert [s["steps"] for s in json.loads(m["training_lineage"])] == [3, 3, 1]
