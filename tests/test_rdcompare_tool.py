@@ -1,0 +1,70 @@
+"""tools/rdcompare.py: the figures of a release, computed from benchmark results."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("rdcompare", ROOT / "tools" / "rdcompare.py")
+rdcompare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rdcompare)
+
+
+def _write(path, name, bpp, psnr, ms):
+    path.write_text(json.dumps({"name": name, "results": {
+        "quality": list(range(1, len(bpp) + 1)), "bpp": list(bpp), "psnr-rgb": list(psnr), "ms-ssim-rgb": list(ms)}}))
+
+
+def _folder(tmp_path, scale):
+    """An anchor curve and an aecodec curve that needs ``scale`` times its rate for the same quality."""
+    d = tmp_path / "bench"
+    d.mkdir()
+    bpp = np.array([0.2, 0.4, 0.8, 1.6])
+    psnr = np.array([28.0, 31.0, 34.0, 37.0])
+    ms = np.array([0.92, 0.95, 0.975, 0.99])
+    _write(d / "webp.json", "webp", bpp, psnr, ms)
+    _write(d / "aecodec.json", "aecodec", bpp * scale, psnr, ms)
+    per = d / "per-image"
+    per.mkdir()
+    per.joinpath("aecodec.jsonl").write_text(
+        json.dumps({"image": "a.png", "quality": 2, "psnr_rgb": 31.5, "bpp": 0.41}) + "\n")
+    return d
+
+
+def test_a_curve_at_90_percent_of_the_rate_is_minus_10_percent(tmp_path):
+    d = _folder(tmp_path, 0.9)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "rdcompare.py"), str(d), "--anchors", "webp",
+                          "--previous", str(d / "webp.json"), "--image", "a.png", "--quality", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| webp | -10.0 % | -10.0 % |" in out.stdout
+    assert "| previous release | -10.0 % | -10.0 % |" in out.stdout
+    assert "a.png at quality 2: 31.50 dB at 0.410 bpp" in out.stdout
+    # equal rate: at 0.9 x the anchor's rate aecodec has the anchor's PSNR, so the gap is positive
+    gaps = [line for line in out.stdout.splitlines() if line.startswith("| webp |")][-1].strip("| ").split(" | ")[1:]
+    assert gaps[0] == "–"  # 0.18 bpp is below the anchor's curve
+    assert len(gaps) == 4 and all(float(v) > 0 for v in gaps[1:])
+
+
+def test_equal_rate_gap_is_left_out_where_the_codec_has_no_curve(tmp_path):
+    d = _folder(tmp_path, 0.5)  # aecodec's lowest rate, 0.1 bpp, is below the anchor's curve
+    new = rdcompare.load_curve(d / "aecodec.json")
+    anchor = rdcompare.load_curve(d / "webp.json")
+    assert np.isnan(rdcompare.psnr_at_rate(anchor, 0.1))
+    assert rdcompare.psnr_at_rate(anchor, 0.4) == pytest.approx(31.0)
+    assert "| webp | – |" in rdcompare.report(new, {"webp": anchor})
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    d = _folder(tmp_path, 1.0)
+    tool = [sys.executable, str(ROOT / "tools" / "rdcompare.py")]
+    r = subprocess.run(tool + [str(d), "--anchors", "heic"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no results for 'heic'" in r.stderr
+    (d / "bad.json").write_text("{")
+    r = subprocess.run(tool + [str(d / "bad.json")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "is not a benchmark results file" in r.stderr and "Traceback" not in r.stderr
