@@ -9,6 +9,8 @@
 # ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
 # the moving average after phase 1 (const-ema.safetensors: a fallback should phase 2 be cut
 # off) and the training log.
+# MORE=1: a follow-up call on the still-warm machine: resumes the run in RUN_DIR at call 1's batch,
+# back up to half of call 1's learning rate for CONST minutes, then decays over DECAY minutes.
 #   usage: sh docs/gpu-train.sh [CONST [DECAY [extra aecodec train options]]]
 set -eu
 CONST=${1:-4.5}
@@ -25,6 +27,10 @@ fi
 mkdir -p /tmp/pkg && ln -sfn "$PWD/codec" /tmp/pkg/aecodec
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 # INIT: the weights to start from (default: the shipped default model); a file to carry in .gpu/
+if [ "${MORE:-0}" = 1 ]; then  # a follow-up call: resume $RUN with call 1's batch and rate
+    [ -f "$RUN/gpu-train.env" ] || { echo "gpu-train: MORE=1 needs the run of an earlier call in $RUN" >&2; exit 2; }
+    . "$RUN/gpu-train.env"
+fi
 INIT=${INIT:-weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")}
 [ -f "$INIT" ] || { echo "gpu-train: no such weights file: $INIT" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
@@ -42,13 +48,22 @@ fi
 LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}
 set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
-say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
-$PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
+T1=$(date +%s)
+if [ "${MORE:-0}" = 1 ]; then
+    LR2=$($PY -c "print(f'{$LR / 2:.3g}')")
+    say "phase 1 (more): $CONST min, back up to lr $LR2 (half of call 1's) at batch $BATCH, resuming $RUN"
+    $PY -m aecodec.train .gpu/train "$@" --rewarm --lr "$LR2" --minutes "$CONST"
+else
+    say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
+    $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
+    printf 'BATCH=%s\nLR=%s\nINIT=%s\n' "$BATCH" "$LR" "$INIT" > "$RUN/gpu-train.env"
+fi
 $PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
 cp "$RUN/log.jsonl" "$OUT/"
-STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" <<'PY'
+STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" "$T1" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
+rows = [r for r in rows if r["time"] >= float(sys.argv[3])]  # this call's phase 1 only
 a, b = (rows[len(rows) // 5], rows[-1]) if rows else (None, None)  # past the warm-up (cudnn autotuning)
 if not rows or b["time"] <= a["time"]:  # too short a phase 1 for a measured rate: assume 1 step/s
     rate = 1.0
