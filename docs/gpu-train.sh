@@ -41,12 +41,12 @@ BATCH=${BATCH:-auto}
 if [ "$BATCH" = auto ]; then
     say "probing batch sizes ${PROBE:-16,32,64}"
     BATCH=$($PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
-        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --quiet --probe-batches "${PROBE:-16,32,64}" \
+        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --sampler "${SAMPLER:-auto}" --quiet --probe-batches "${PROBE:-16,32,64}" \
         | tee "$OUT/probe.json" | $PY -c "import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])['recommended_batch'])") || true
-    [ -n "$BATCH" ] || { say "the probe failed: batch 16"; BATCH=16; }
+    [ -n "$BATCH" ] || { say "the probe failed: batch 16, crops cut on the host"; BATCH=16; SAMPLER=${SAMPLER:-host}; }
 fi
 LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}
-set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 \
+set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 --sampler "${SAMPLER:-auto}" \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
 T1=$(date +%s)
 if [ "${MORE:-0}" = 1 ]; then
@@ -56,7 +56,7 @@ if [ "${MORE:-0}" = 1 ]; then
 else
     say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
     $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
-    printf 'BATCH=%s\nLR=%s\nINIT=%s\n' "$BATCH" "$LR" "$INIT" > "$RUN/gpu-train.env"
+    printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\n' "$BATCH" "$LR" "$INIT" "${SAMPLER:-auto}" > "$RUN/gpu-train.env"
 fi
 $PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
 cp "$RUN/log.jsonl" "$OUT/"
