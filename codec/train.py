@@ -289,6 +289,28 @@ def resolve_device(name: str):
     return dev
 
 
+def parse_lambdas(spec: str) -> List[float]:
+    try:
+        vals = [float(v) for v in spec.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals) or sorted(vals) != vals or len(set(vals)) != len(vals):
+        raise SystemExit(f"error: --lambdas takes increasing positive values like 0.0018,0.0035, got {spec!r}")
+    return vals
+
+
+def map_levels(src: List[float], dst: List[float]) -> List[tuple]:
+    """For each new level, (the trained level to start from, log-gain offset): the same lambda
+    when it was trained (offset 0), else the nearest one in log-lambda, its gains moved by
+    0.5 * log(lambda_new / lambda_old) (the quantiser step goes as 1/sqrt(lambda) at high rate,
+    the rule the model's own initial gains follow)."""
+    out = []
+    for lam in dst:
+        j = min(range(len(src)), key=lambda i: abs(math.log(lam / src[i])))
+        out.append((j, 0.5 * math.log(lam / src[j])))
+    return out
+
+
 def describe_device(device, threads: int) -> str:
     """The machine a run trains on, in words, for the weights' training record."""
     import torch
@@ -336,7 +358,18 @@ class Trainer:
             self.sampler = DeviceCropSampler(train_imgs, args.crop, args.seed, self.device)
         else:
             self.sampler = CropSampler(train_imgs, args.crop, args.seed)
-        self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M).to(self.device)
+        ckpt = self.run_dir / "last.pt"
+        resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
+        lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
+        if resume is not None:
+            had = resume["config"].get("lambdas")
+            if lambdas is None:
+                lambdas = had
+            elif had is not None and (len(lambdas) != len(had) or not np.allclose(lambdas, had, rtol=1e-9, atol=0)):
+                raise SystemExit(f"error: checkpoint {ckpt} trains the levels {had}, asked for {lambdas}; "
+                                 "start a new --run-dir with --init to add or change levels")
+        self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {}))
+        self.model.to(self.device)
         self.lambdas = torch.tensor(self.model.lambdas, device=self.device)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
@@ -355,10 +388,10 @@ class Trainer:
         self.best_val = None  # lowest validated RD loss (summed over levels) of raw or averaged weights
         self.parent = None  # metadata of the weights a warm start began from (kept in the checkpoint)
 
-        ckpt = self.run_dir / "last.pt"
         ema_state = None
-        if ckpt.exists() and not args.fresh:
-            ema_state = self._load(ckpt)
+        if resume is not None:
+            ema_state = self._load(ckpt, resume)
+            del resume
         elif args.init:
             self._init_from(args.init)
         for g in self.aux_opt.param_groups:  # the command line's aux lr wins over a resumed one
@@ -406,10 +439,11 @@ class Trainer:
         atomic_torch_save(self._state(), path)
         return path
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, st: Optional[Dict] = None) -> None:
         import torch
 
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        if st is None:
+            st = torch.load(path, map_location="cpu", weights_only=False)
         cfg = st["config"]
         got = (cfg.get("arch", "gained-mean-scale-hyperprior"), cfg["N"], cfg["M"])
         if got != (self.model.arch, self.model.N, self.model.M):
@@ -476,11 +510,13 @@ class Trainer:
 
             sd = load_state_dict_file(path)
             meta = read_metadata(path)
+            src_lambdas = json.loads(meta["lambdas"]) if "lambdas" in meta else None
             # what the export of this run adds its own training to (aecodec.export.lineage)
             self.parent = {k: v for k, v in meta.items() if k == "model_id" or k.startswith("training_")}
         else:
             st = torch.load(path, map_location="cpu", weights_only=False)
             sd = st["model"]
+            src_lambdas = st.get("config", {}).get("lambdas")
             self.parent = st.get("parent")
             if self.parent is not None:  # that run's own training counts too
                 self.parent = {**self.parent, "via_checkpoint": {
@@ -489,12 +525,24 @@ class Trainer:
                     "device": st.get("config", {}).get("device", "unknown")}}
         own = self.model.state_dict()
         copied = 0
+        dst_lambdas = list(self.model.lambdas)
+        remap = src_lambdas is not None and (len(src_lambdas) != len(dst_lambdas) or not np.allclose(
+            src_lambdas, dst_lambdas, rtol=1e-9, atol=0))
         for k, v in sd.items():
-            if k in own and own[k].shape == v.shape and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table")):
+            if k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table")) or k not in own:
+                continue
+            if k in ("log_gain", "log_inv_gain") and remap and v.shape[1:] == own[k].shape[1:]:
+                sign = 1.0 if k == "log_gain" else -1.0
+                for i, (j, offset) in enumerate(map_levels(src_lambdas, dst_lambdas)):
+                    own[k][i] = v[j].to(own[k].dtype) + sign * offset
+                copied += 1
+            elif own[k].shape == v.shape:
                 own[k] = v.to(own[k].dtype)
                 copied += 1
         self.model.load_state_dict(own, strict=False)
-        print(f"warm start from {path}: {copied} tensors copied", file=sys.stderr)
+        print(f"warm start from {path}: {copied} tensors copied"
+              + (f" (quality levels mapped by lambda: {src_lambdas} -> {dst_lambdas})" if remap else ""),
+              file=sys.stderr)
 
     # -- loop ----------------------------------------------------------------
 
@@ -818,6 +866,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="gained-mean-scale-hyperprior",
                    choices=["gained-mean-scale-hyperprior", "linear-gained-hyperprior"],
                    help="the deep model, or its linear twin (the PCA-like sanity baseline)")
+    p.add_argument("--lambdas", metavar="L1,L2,...",
+                   help="the quality levels' rate-distortion trade-offs, increasing (default: CompressAI's eight, "
+                        "or the resumed checkpoint's); with --init, trained levels keep their gains and new ones "
+                        "start from the nearest trained level")
     p.add_argument("--N", type=int, default=128, help="channels of the transforms' hidden layers")
     p.add_argument("--M", type=int, default=192, help="channels of the latent y")
     p.add_argument("--crop", type=int, default=256, help="side of the random training crops (pixels)")

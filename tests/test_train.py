@@ -504,3 +504,33 @@ def test_export_adds_a_warm_started_run_to_its_parents_record(data_dir, tmp_path
     m = W.read_metadata(tmp_path / "c.safetensors")
     assert m["training_steps"] == "7"
     assert [s["steps"] for s in json.loads(m["training_lineage"])] == [3, 3, 1]
+
+
+def test_a_new_quality_level_starts_from_the_trained_ones(data_dir, tmp_path):
+    import math
+
+    from aecodec.model import DEFAULT_LAMBDAS
+    from aecodec.train import map_levels
+
+    assert map_levels([1.0, 2.0, 4.0], [1.0, 2.0, 4.0, 8.0]) == [(0, 0.0), (1, 0.0), (2, 0.0),
+                                                                  (2, 0.5 * math.log(2.0))]
+    a = _trainer(data_dir, tmp_path / "a")
+    a.train_step()
+    a.save()
+    more = list(DEFAULT_LAMBDAS) + [0.35]
+    spec = ",".join(map(str, more))
+    b = _trainer(data_dir, tmp_path / "b", "--init", str(tmp_path / "a" / "last.pt"), "--lambdas", spec)
+    assert b.model.levels == 9 and b.model.lambdas == tuple(more)
+    for k, sign in (("log_gain", 1.0), ("log_inv_gain", -1.0)):
+        old, new = getattr(a.model, k).detach(), getattr(b.model, k).detach()
+        assert torch.equal(new[:8], old)  # trained levels kept exactly
+        assert torch.allclose(new[8], old[7] + sign * 0.5 * math.log(0.35 / 0.18))
+    b.train_step()
+    b.save()
+    c = _trainer(data_dir, tmp_path / "b")  # a resume takes the checkpoint's levels
+    assert c.model.levels == 9
+    with pytest.raises(SystemExit, match="trains the levels"):
+        _trainer(data_dir, tmp_path / "b", "--lambdas", "0.01,0.02")
+    for bad in ("0.02,0.01", "x", "0,0.1", "0.1,0.1"):
+        with pytest.raises(SystemExit, match="--lambdas takes"):
+            _trainer(data_dir, tmp_path / "d", "--lambdas", bad)
