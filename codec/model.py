@@ -59,6 +59,9 @@ class GDN(_GDN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
+            if torch.is_autocast_enabled(x.device.type):  # mixed-precision training: GDN in float32
+                with torch.autocast(x.device.type, enabled=False):
+                    return super().forward(x.float())
             return super().forward(x)
         B, C, H, W = x.shape
         beta = self.beta_reparam(self.beta)
@@ -161,7 +164,7 @@ class GainedMeanScaleHyperprior(CompressionModel):
         """
         q = self._as_levels(q, x.shape[0])
         g, ig = self._gains(q)
-        y = self.g_a(x) * g
+        y = self._transform(self.g_a, x) * g
         z = self.h_a(y)
         z_tilde, z_likelihoods = self.entropy_bottleneck(z)
         if self.training:
@@ -172,8 +175,19 @@ class GainedMeanScaleHyperprior(CompressionModel):
         scales, means = self.h_s(z_hat).chunk(2, 1)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         y_hat = ste_round(y - means) + means
-        x_hat = self.g_s(y_hat * ig)
+        x_hat = self._transform(self.g_s, y_hat * ig)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # Training only: the dtype of the transforms' convolutions under autocast (torch.bfloat16),
+    # None for float32.  GDN, the entropy models and the loss stay in float32; coding never
+    # uses it (not part of the weights).
+    transform_dtype = None
+
+    def _transform(self, f, v: torch.Tensor) -> torch.Tensor:
+        if self.transform_dtype is None or not self.training:
+            return f(v)
+        with torch.autocast(v.device.type, dtype=self.transform_dtype):
+            return f(v).float()
 
     # -- coding ------------------------------------------------------------
 

@@ -370,6 +370,8 @@ class Trainer:
                                  "start a new --run-dir with --init to add or change levels")
         self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {}))
         self.model.to(self.device)
+        if args.amp == "bf16":  # the transforms' convolutions in bfloat16 (GDN, entropy models, loss: float32)
+            self.model.transform_dtype = torch.bfloat16
         self.lambdas = torch.tensor(self.model.lambdas, device=self.device)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
@@ -428,7 +430,7 @@ class Trainer:
             "parent": self.parent,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
-                       "device": describe_device(self.device, self.args.threads)},
+                       "device": describe_device(self.device, self.args.threads), "amp": self.args.amp},
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
@@ -907,6 +909,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["auto", "host", "device"], default="auto",
                    help="where the crops are cut: on the host (numpy), or on the training device from "
                         "images held there (auto: the device when it is a GPU)")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+                   help="mixed precision: bf16 runs the transforms' convolutions in bfloat16 (GDN, entropy "
+                        "models and loss stay float32); for a GPU whose step is bound by convolution "
+                        "time (slower on these CPUs)")
     p.add_argument("--probe-batches", metavar="B,B,...",
                    help="instead of training, time a few steps at each of these batch sizes (from --init "
                         "or new weights; nothing is saved) and print steps/s and crops/s per batch")

@@ -9,6 +9,7 @@
 # ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
 # the moving average after phase 1 (const-ema.safetensors: a fallback should phase 2 be cut
 # off) and the training log.
+# AMP=bf16: the transforms' convolutions in bfloat16 (untried on a GPU); AMP=auto: probe both.
 # MORE=1: a follow-up call on the still-warm machine: resumes the run in RUN_DIR at call 1's batch,
 # back up to half of call 1's learning rate for CONST minutes, then decays over DECAY minutes.
 #   usage: sh docs/gpu-train.sh [CONST [DECAY [extra aecodec train options]]]
@@ -37,16 +38,43 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || tr
 # BATCH=auto (the default): time a few steps at each batch of PROBE (default 16,32,64) and take
 # the largest reached through doublings that each add >= 20 % crops/s; the default learning
 # rate then scales with sqrt(batch / 16) from 2e-4 (the setting measured at batch 16).
+# AMP=auto probes float32 (TF32) and bf16 and takes bf16 only if its best batch gives >= 1.3x the
+# crops/s of float32's (batch probe only: BATCH=auto).
 BATCH=${BATCH:-auto}
+probe() {  # probe AMP -> recommended batch on stdout, figures in $OUT/probe-AMP.json
+    $PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
+        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --sampler "${SAMPLER:-auto}" --amp "$1" --quiet \
+        --probe-batches "${PROBE:-16,32,64}" > "$OUT/probe-$1.json" &&
+    $PY -c "import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['recommended_batch'])" "$OUT/probe-$1.json"
+}
 if [ "$BATCH" = auto ]; then
-    say "probing batch sizes ${PROBE:-16,32,64}"
-    BATCH=$($PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
-        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --sampler "${SAMPLER:-auto}" --quiet --probe-batches "${PROBE:-16,32,64}" \
-        | tee "$OUT/probe.json" | $PY -c "import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])['recommended_batch'])") || true
-    [ -n "$BATCH" ] || { say "the probe failed: batch 16, crops cut on the host"; BATCH=16; SAMPLER=${SAMPLER:-host}; }
+    if [ "${AMP:-off}" = auto ]; then
+        say "probing batch sizes ${PROBE:-16,32,64}, float32 and bf16"
+        B32=$(probe off) || B32=
+        B16=$(probe bf16) || B16=
+        PICK=$($PY - "$OUT/probe-off.json" "$OUT/probe-bf16.json" "$B32" "$B16" <<'PY'
+import json, sys
+def best(path, batch):
+    try:
+        rows = json.loads(open(path).read().splitlines()[-1])["probe"]
+        return next(r["crops_per_s"] for r in rows if r["batch"] == int(batch))
+    except Exception:
+        return 0.0
+f32, b16 = best(sys.argv[1], sys.argv[3] or 0), best(sys.argv[2], sys.argv[4] or 0)
+print(f"bf16 {sys.argv[4]}" if b16 >= 1.3 * f32 and b16 > 0 else f"off {sys.argv[3]}" if f32 > 0 else "off ")
+PY
+)
+        AMP=${PICK% *}
+        BATCH=${PICK#* }
+    else
+        say "probing batch sizes ${PROBE:-16,32,64} (amp ${AMP:-off})"
+        BATCH=$(probe "${AMP:-off}") || BATCH=
+    fi
+    [ -n "$BATCH" ] || { say "the probe failed: batch 16, float32, crops cut on the host"; BATCH=16; AMP=off; SAMPLER=${SAMPLER:-host}; }
 fi
+[ "${AMP:-off}" = auto ] && AMP=off  # a fixed BATCH: no probe, float32
 LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}
-set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 --sampler "${SAMPLER:-auto}" \
+set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 --sampler "${SAMPLER:-auto}" --amp "${AMP:-off}" \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
 T1=$(date +%s)
 if [ "${MORE:-0}" = 1 ]; then
@@ -56,7 +84,7 @@ if [ "${MORE:-0}" = 1 ]; then
 else
     say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
     $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
-    printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\n' "$BATCH" "$LR" "$INIT" "${SAMPLER:-auto}" > "$RUN/gpu-train.env"
+    printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\n' "$BATCH" "$LR" "$INIT" "${SAMPLER:-auto}" "${AMP:-off}" > "$RUN/gpu-train.env"
 fi
 $PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
 cp "$RUN/log.jsonl" "$OUT/"

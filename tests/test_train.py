@@ -534,3 +534,34 @@ def test_a_new_quality_level_starts_from_the_trained_ones(data_dir, tmp_path):
     for bad in ("0.02,0.01", "x", "0,0.1", "0.1,0.1"):
         with pytest.raises(SystemExit, match="--lambdas takes"):
             _trainer(data_dir, tmp_path / "d", "--lambdas", bad)
+
+
+def test_bf16_transforms_train_and_stay_close_to_float32(data_dir, tmp_path):
+    from aecodec.model import rd_loss
+
+    tr = _trainer(data_dir, tmp_path / "run", "--amp", "bf16")
+    assert tr.model.transform_dtype == torch.bfloat16
+    x = tr.sampler.batch(4)
+    q = torch.arange(4) * 2
+    tr.model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        lo = rd_loss(tr.model(x, q), x, tr.lambdas[q])
+    tr.model.transform_dtype = None
+    torch.manual_seed(1)
+    with torch.no_grad():
+        hi = rd_loss(tr.model(x, q), x, tr.lambdas[q])
+    tr.model.transform_dtype = torch.bfloat16
+    # the same function up to bfloat16 rounding of the convolutions
+    assert float(lo["loss"]) == pytest.approx(float(hi["loss"]), rel=0.03)
+    assert float(lo["loss"]) != float(hi["loss"])  # and it did run in bfloat16
+    before = _fixed_loss(tr)
+    for _ in range(40):
+        tr.train_step()
+    assert _fixed_loss(tr) < 0.8 * before
+    # evaluation and coding (eval mode) never use it
+    tr.model.eval()
+    with torch.no_grad():
+        a = tr.model(x, 3)["x_hat"]
+        tr.model.transform_dtype = None
+        assert torch.equal(a, tr.model(x, 3)["x_hat"]) and a.dtype == torch.float32
