@@ -42,3 +42,21 @@ def psnr(a, b):
     b = np.asarray(b, dtype=np.float64)
     mse = ((a - b) ** 2).mean()
     return 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
+
+
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shipped_weights_file() -> Path:
+    """The weights file of the default model."""
+    from aecodec.weights import read_manifest, weights_dir
+
+    m = read_manifest()
+    return weights_dir() / m["models"][m["default"]]["file"]

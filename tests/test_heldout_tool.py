@@ -1,24 +1,13 @@
 """tools/heldout.py: the held-out comparison of weights files used before a release."""
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+from conftest import ROOT, load_tool, shipped_weights_file as _shipped
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("heldout", ROOT / "tools" / "heldout.py")
-heldout = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(heldout)
-
-
-def _shipped():
-    from aecodec.weights import read_manifest, weights_dir
-
-    m = read_manifest()
-    return weights_dir() / m["models"][m["default"]]["file"]
+heldout = load_tool("heldout")
 
 
 def _data(tmp_path):

@@ -1,18 +1,14 @@
 """tools/rdcompare.py: the figures of a release, computed from benchmark results."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("rdcompare", ROOT / "tools" / "rdcompare.py")
-rdcompare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rdcompare)
+rdcompare = load_tool("rdcompare")
 
 
 def _write(path, name, bpp, psnr, ms):

@@ -1,24 +1,18 @@
 """tools/release.py: staging and shipping a weights release."""
 
-import importlib.util
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, load_tool, shipped_weights_file
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("release", ROOT / "tools" / "release.py")
-release = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(release)
+release = load_tool("release")
 
 
 def _shipped():
-    from aecodec.weights import read_manifest, weights_dir
+    from aecodec.weights import default_model_id
 
-    m = read_manifest()
-    return weights_dir() / m["models"][m["default"]]["file"], m["default"]
+    return shipped_weights_file(), default_model_id()
 
 
 @pytest.fixture(scope="module")
