@@ -592,9 +592,10 @@ class Trainer:
             gnorm.detach().to(mse.dtype),
         ])
 
-    def probe(self, batches: List[int], seconds: float = 3.0) -> List[Dict]:
-        """Time training steps at each batch size (weights change, nothing is saved): the
-        measured choice of a batch for a device whose step time does not grow with it."""
+    def probe(self, batches: List[int], amps=("off",), seconds: float = 3.0) -> List[Dict]:
+        """Time training steps at each batch size and precision (weights change, nothing is
+        saved): the measured choice of a batch for a device whose step time does not grow
+        with it, and of mixed precision where it pays."""
         import torch
 
         torch.set_num_threads(self.args.threads)
@@ -604,7 +605,8 @@ class Trainer:
                 torch.cuda.synchronize(self.device)
 
         rows = []
-        for b in batches:
+        for amp, b in [(amp, b) for amp in amps for b in batches]:
+            self.model.transform_dtype = torch.bfloat16 if amp == "bf16" else None
             self.args.batch = b
             for _ in range(3):  # warm-up: cudnn autotuning for the new shape, allocator growth
                 self._train_step()
@@ -617,8 +619,8 @@ class Trainer:
                     sync()
             sync()
             dt = time.time() - t0
-            rows.append({"batch": b, "steps_per_s": n / dt, "crops_per_s": n * b / dt})
-            print(f"probe: batch {b}: {n / dt:.2f} steps/s, {n * b / dt:.1f} crops/s", file=sys.stderr)
+            rows.append({"amp": amp, "batch": b, "steps_per_s": n / dt, "crops_per_s": n * b / dt})
+            print(f"probe: amp {amp}, batch {b}: {n / dt:.2f} steps/s, {n * b / dt:.1f} crops/s", file=sys.stderr)
         return rows
 
     def validate(self, model=None) -> Dict:
@@ -855,6 +857,21 @@ def recommend_batch(rows: List[Dict], min_gain: float = 1.2) -> int:
     return int(best["batch"])
 
 
+def recommend(rows: List[Dict], min_amp_gain: float = 1.3) -> tuple:
+    """(amp, batch) from probe rows: each precision's recommended batch; bf16 only where it
+    gives at least ``min_amp_gain`` times the crops per second of float32 (its numerics are
+    a risk worth taking only for a clear gain)."""
+    best = {}
+    for amp in dict.fromkeys(r.get("amp", "off") for r in rows):
+        sub = [r for r in rows if r.get("amp", "off") == amp]
+        b = recommend_batch(sub)
+        best[amp] = (b, next(r["crops_per_s"] for r in sub if r["batch"] == b))
+    if "bf16" in best and "off" in best and best["bf16"][1] < min_amp_gain * best["off"][1]:
+        del best["bf16"]
+    amp = "bf16" if "bf16" in best else next(iter(best))
+    return amp, best[amp][0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass
@@ -909,10 +926,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["auto", "host", "device"], default="auto",
                    help="where the crops are cut: on the host (numpy), or on the training device from "
                         "images held there (auto: the device when it is a GPU)")
-    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
                    help="mixed precision: bf16 runs the transforms' convolutions in bfloat16 (GDN, entropy "
                         "models and loss stay float32); for a GPU whose step is bound by convolution "
-                        "time (slower on these CPUs)")
+                        "time (slower on these CPUs). auto, with --probe-batches: probe both")
     p.add_argument("--probe-batches", metavar="B,B,...",
                    help="instead of training, time a few steps at each of these batch sizes (from --init "
                         "or new weights; nothing is saved) and print steps/s and crops/s per batch")
@@ -940,9 +957,13 @@ def main(argv=None, prog=None) -> int:
             batches = []
         if not batches or min(batches) < 1:
             parser.error(f"--probe-batches takes batch sizes like 16,32,64, got {args.probe_batches!r}")
-        rows = Trainer(args).probe(batches)
-        print(json.dumps({"probe": rows, "recommended_batch": recommend_batch(rows)}))
+        amps = [args.amp] if args.amp != "auto" else ["off", "bf16"]
+        rows = Trainer(args).probe(batches, amps)
+        amp, batch = recommend(rows)
+        print(json.dumps({"probe": rows, "recommended_batch": batch, "recommended_amp": amp}))
         return 0
+    if args.amp == "auto":
+        parser.error("--amp auto is for --probe-batches; train with --amp off or bf16")
     Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     return 0
 

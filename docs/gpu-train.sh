@@ -38,39 +38,21 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || tr
 # BATCH=auto (the default): time a few steps at each batch of PROBE (default 16,32,64) and take
 # the largest reached through doublings that each add >= 20 % crops/s; the default learning
 # rate then scales with sqrt(batch / 16) from 2e-4 (the setting measured at batch 16).
-# AMP=auto probes float32 (TF32) and bf16 and takes bf16 only if its best batch gives >= 1.3x the
-# crops/s of float32's (batch probe only: BATCH=auto).
+# AMP=auto probes float32 (TF32) and bf16 in the same process and takes bf16 only if its best
+# batch gives >= 1.3x the crops/s of float32's (batch probe only: BATCH=auto).
 BATCH=${BATCH:-auto}
-probe() {  # probe AMP -> recommended batch on stdout, figures in $OUT/probe-AMP.json
-    $PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
-        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --sampler "${SAMPLER:-auto}" --amp "$1" --quiet \
-        --probe-batches "${PROBE:-16,32,64}" > "$OUT/probe-$1.json" &&
-    $PY -c "import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['recommended_batch'])" "$OUT/probe-$1.json"
-}
 if [ "$BATCH" = auto ]; then
-    if [ "${AMP:-off}" = auto ]; then
-        say "probing batch sizes ${PROBE:-16,32,64}, float32 and bf16"
-        B32=$(probe off) || B32=
-        B16=$(probe bf16) || B16=
-        PICK=$($PY - "$OUT/probe-off.json" "$OUT/probe-bf16.json" "$B32" "$B16" <<'PY'
-import json, sys
-def best(path, batch):
-    try:
-        rows = json.loads(open(path).read().splitlines()[-1])["probe"]
-        return next(r["crops_per_s"] for r in rows if r["batch"] == int(batch))
-    except Exception:
-        return 0.0
-f32, b16 = best(sys.argv[1], sys.argv[3] or 0), best(sys.argv[2], sys.argv[4] or 0)
-print(f"bf16 {sys.argv[4]}" if b16 >= 1.3 * f32 and b16 > 0 else f"off {sys.argv[3]}" if f32 > 0 else "off ")
-PY
-)
+    say "probing batch sizes ${PROBE:-16,32,64}, amp ${AMP:-off}"
+    PICK=$($PY -m aecodec.train .gpu/train --device "${DEVICE:-cuda}" --run-dir /tmp/probe --fresh \
+        --init "$INIT" --crop 256 --threads "${THREADS:-8}" --sampler "${SAMPLER:-auto}" --amp "${AMP:-off}" \
+        --quiet --probe-batches "${PROBE:-16,32,64}" | tee "$OUT/probe.json" | $PY -c "import json, sys
+r = json.loads(sys.stdin.read().splitlines()[-1]); print(r['recommended_amp'], r['recommended_batch'])") || PICK=
+    if [ -n "$PICK" ]; then
         AMP=${PICK% *}
         BATCH=${PICK#* }
     else
-        say "probing batch sizes ${PROBE:-16,32,64} (amp ${AMP:-off})"
-        BATCH=$(probe "${AMP:-off}") || BATCH=
+        say "the probe failed: batch 16, float32, crops cut on the host"; BATCH=16; AMP=off; SAMPLER=${SAMPLER:-host}
     fi
-    [ -n "$BATCH" ] || { say "the probe failed: batch 16, float32, crops cut on the host"; BATCH=16; AMP=off; SAMPLER=${SAMPLER:-host}; }
 fi
 [ "${AMP:-off}" = auto ] && AMP=off  # a fixed BATCH: no probe, float32
 LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}

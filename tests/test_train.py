@@ -450,22 +450,33 @@ def test_resume_with_the_other_sampler_starts_a_new_stream(data_dir, tmp_path, c
 def test_probe_times_each_batch_and_recommends_one(data_dir, tmp_path, capsys):
     import json
 
-    from aecodec.train import main, recommend_batch
+    from aecodec.train import main, recommend, recommend_batch
 
     rc = main([str(data_dir), "--run-dir", str(tmp_path / "p"), "--N", "16", "--M", "24", "--crop", "64",
-               "--threads", "1", "--quiet", "--probe-batches", "1,2"])
+               "--threads", "1", "--quiet", "--probe-batches", "1,2", "--amp", "auto"])
     out = capsys.readouterr()
     assert rc == 0
     res = json.loads(out.out.strip().splitlines()[-1])
-    assert [r["batch"] for r in res["probe"]] == [1, 2] and res["recommended_batch"] in (1, 2)
+    assert [(r["amp"], r["batch"]) for r in res["probe"]] == [("off", 1), ("off", 2), ("bf16", 1), ("bf16", 2)]
+    assert res["recommended_batch"] in (1, 2) and res["recommended_amp"] in ("off", "bf16")
     assert all(r["crops_per_s"] > 0 for r in res["probe"])
     assert not (tmp_path / "p" / "last.pt").exists()  # a probe saves nothing
     rows = [{"batch": 16, "crops_per_s": 700}, {"batch": 32, "crops_per_s": 1200},
             {"batch": 64, "crops_per_s": 1300}, {"batch": 128, "crops_per_s": 2600}]
     assert recommend_batch(rows) == 32  # 64 adds under 20 %: stop there
     assert recommend_batch(rows[:1]) == 16
+    assert recommend(rows) == ("off", 32)
+    off = [{**r, "amp": "off"} for r in rows]  # float32's pick: batch 32 at 1200 crops/s
+
+    def bf16(at32):
+        return [{"amp": "bf16", "batch": b, "crops_per_s": c} for b, c in ((16, 900), (32, at32), (64, 1600))]
+
+    assert recommend(off + bf16(1500)) == ("off", 32)  # 1.25x: not worth bf16
+    assert recommend(off + bf16(1580)) == ("bf16", 32)  # >= 1.3 x 1200
     with pytest.raises(SystemExit):
         main([str(data_dir), "--probe-batches", "16,x"])
+    with pytest.raises(SystemExit):  # auto only chooses in a probe
+        main([str(data_dir), "--run-dir", str(tmp_path / "q"), "--amp", "auto", "--steps", "1"])
 
 
 def test_export_adds_a_warm_started_run_to_its_parents_record(data_dir, tmp_path):
