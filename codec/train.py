@@ -312,12 +312,14 @@ def map_levels(src: List[float], dst: List[float]) -> List[tuple]:
 
 
 def describe_device(device, threads: int) -> str:
-    """The machine a run trains on, in words, for the weights' training record."""
+    """The machine a run trains on, as the key of the weights' training record (the keys the
+    releases use: ``cpu_2_cores``, ``gpu_h100``)."""
     import torch
 
     if device.type == "cuda":
-        return f"1 {torch.cuda.get_device_name(device)}"
-    return f"CPU ({threads} threads)"
+        words = torch.cuda.get_device_name(device).replace("NVIDIA", "").split()
+        return "gpu_" + (words[0].lower() if words else "unknown")
+    return f"cpu_{os.cpu_count() or threads}_cores"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
