@@ -290,12 +290,14 @@ def resolve_device(name: str):
 
 
 def parse_lambdas(spec: str) -> List[float]:
+    """The values of --lambdas; ValueError unless they are positive and strictly increasing."""
     try:
         vals = [float(v) for v in spec.split(",")]
     except ValueError:
         vals = []
-    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals) or sorted(vals) != vals or len(set(vals)) != len(vals):
-        raise SystemExit(f"error: --lambdas takes increasing positive values like 0.0018,0.0035, got {spec!r}")
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals) or any(
+            b <= a for a, b in zip(vals, vals[1:])):
+        raise ValueError(f"--lambdas takes increasing positive values like 0.0018,0.0035, got {spec!r}")
     return vals
 
 
@@ -355,14 +357,13 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        on_device = args.sampler == "device" or (args.sampler == "auto" and self.device.type != "cpu")
-        if on_device:
-            self.sampler = DeviceCropSampler(train_imgs, args.crop, args.seed, self.device)
-        else:
-            self.sampler = CropSampler(train_imgs, args.crop, args.seed)
+        self.sampler = self._make_sampler(train_imgs, args.seed)
         ckpt = self.run_dir / "last.pt"
         resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
-        lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
+        try:
+            lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
         if resume is not None:
             had = resume["config"].get("lambdas")
             if lambdas is None:
@@ -411,6 +412,12 @@ class Trainer:
             self.warmup_from = self.step
         elif args.decay_now and self.decay_start is None:
             self.decay_start = self.step
+
+    def _make_sampler(self, images, seed: int):
+        a = self.args
+        if a.sampler == "device" or (a.sampler == "auto" and self.device.type != "cpu"):
+            return DeviceCropSampler(images, a.crop, seed, self.device)
+        return CropSampler(images, a.crop, seed)
 
     # -- state ---------------------------------------------------------------
 
@@ -474,12 +481,10 @@ class Trainer:
         try:
             self.sampler.set_state(st["rng"]["sampler"])
         except (ValueError, TypeError, KeyError):  # a checkpoint of the other sampler (other device)
-            self.sampler = type(self.sampler)(self.sampler.images, self.args.crop,
-                                              self.args.seed + self.step, **(
-                                                  {"device": self.device} if self.sampler.kind == "device" else {}))
-            print(f"the checkpoint's crops came from the {'host' if self.sampler.kind == 'device' else 'device'} "
-                  f"sampler: this run's {self.sampler.kind} sampler starts a new stream (seed "
-                  f"{self.args.seed + self.step})", file=sys.stderr)
+            seed = self.args.seed + self.step
+            self.sampler = self._make_sampler(self.sampler.images, seed)
+            print(f"the checkpoint's crops came from another kind of sampler: this run's {self.sampler.kind} "
+                  f"sampler starts a new stream (seed {seed})", file=sys.stderr)
         random.setstate(st["rng"]["python"])
         self._drop_log_after(self.step)
         print(f"resumed {path} at step {self.step}", file=sys.stderr)
@@ -951,6 +956,11 @@ def main(argv=None, prog=None) -> int:
         print(f"packed {r['images']} training images (held-out ones left out) into {args.pack_to}: "
               f"{r['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
         return 0
+    if args.lambdas:
+        try:
+            parse_lambdas(args.lambdas)
+        except ValueError as e:
+            parser.error(str(e))
     tune_malloc()
     if args.probe_batches:
         try:

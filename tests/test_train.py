@@ -544,9 +544,14 @@ def test_a_new_quality_level_starts_from_the_trained_ones(data_dir, tmp_path):
     assert c.model.levels == 9
     with pytest.raises(SystemExit, match="trains the levels"):
         _trainer(data_dir, tmp_path / "b", "--lambdas", "0.01,0.02")
+    from aecodec.train import main
+
     for bad in ("0.02,0.01", "x", "0,0.1", "0.1,0.1"):
         with pytest.raises(SystemExit, match="--lambdas takes"):
             _trainer(data_dir, tmp_path / "d", "--lambdas", bad)
+        with pytest.raises(SystemExit) as e:  # on the command line: a usage error
+            main([str(data_dir), "--lambdas", bad])
+        assert e.value.code == 2
 
 
 def test_bf16_transforms_train_and_stay_close_to_float32(data_dir, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,13 +61,20 @@ def check(path: Path) -> dict:
             "bytes": len(blob), "training_steps": int(meta["training_steps"])}
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """Copy through a temporary name: an interrupted copy never leaves a partial weights file."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def stage(path: Path, directory: Path) -> dict:
     from aecodec.weights import register
 
     entry = check(path)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, directory / entry["file"])
+    _copy(path, directory / entry["file"])
     register(entry, directory)
     return entry
 
@@ -79,7 +87,7 @@ def ship(path: Path, weights: Path = ROOT / "weights", git: bool = True) -> dict
     old = read_manifest(weights).get("default")
     if old == entry["model_id"]:
         raise ReleaseError(f"{entry['model_id']} is already the default")
-    shutil.copyfile(path, weights / entry["file"])
+    _copy(path, weights / entry["file"])
     register(entry, weights)
     if old:
         head = "unknown"
@@ -90,7 +98,7 @@ def ship(path: Path, weights: Path = ROOT / "weights", git: bool = True) -> dict
         retire(old, head, weights)
         if old_file.exists():
             CACHE.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(old_file, CACHE / old_file.name)
+            _copy(old_file, CACHE / old_file.name)
             if git:
                 subprocess.run(["git", "rm", "-q", "--cached", str(old_file)], cwd=weights, check=True)
             old_file.unlink()
