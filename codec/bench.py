@@ -1016,7 +1016,7 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
     # --- cold start of the command line
     coldstart = _coldstart(cfg, images, progress, log, out)
 
-    summary = write_outputs(cfg, images, report_codecs, stores, keys, scaling, coldstart, out)
+    summary = write_outputs(cfg, images, report_codecs, stores, keys, scaling, coldstart, out, log)
     summary.update(new_points=new, reused_points=reused, seconds=time.time() - started)
     return summary
 
@@ -1356,7 +1356,7 @@ def _versions_list(v: Dict[str, str]) -> str:
 
 
 def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], stores: Dict[str, Store],
-                  keys: Dict[str, str], scaling: List[Dict], coldstart: Dict, out: Path) -> Dict:
+                  keys: Dict[str, str], scaling: List[Dict], coldstart: Dict, out: Path, log=None) -> Dict:
     versions = library_versions()
     machine = machine_info()
     if not cfg.measure:  # a rebuilt report keeps the machine state of the run that measured
@@ -1464,7 +1464,7 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
                            bd_ms_md, plots, versions, machine, date, sizes, total_px, small, jobs_seen,
                            measured_span, agg_all, references, out)
     (out / "RESULTS.md").write_text(md)
-    readme = _update_readme(cfg, out, bd_psnr_md, plots)
+    readme = _update_readme(cfg, out, bd_psnr_md, plots, log)
     summary.update(json_files=[str(p) for p in written], plots={k: str(v) for k, v in plots.items()},
                    results_md=str(out / "RESULTS.md"), readme=str(readme) if readme else None)
     return summary
@@ -1586,9 +1586,14 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
     return "\n".join(L) + "\n"
 
 
-def _update_readme(cfg: BenchConfig, out: Path, bd_psnr_md: str, plots: Dict) -> Optional[Path]:
-    """Replace the section between the bench-results markers of a README, if it has them."""
+def _update_readme(cfg: BenchConfig, out: Path, bd_psnr_md: str, plots: Dict, log=None) -> Optional[Path]:
+    """Replace the section between the bench-results markers of a README, if it has them.
+
+    A README named with ``--readme`` is always refreshed.  The default one (OUT/../README.md)
+    only when its section is empty or already shows this OUT: a quick run into another
+    folder beside the published results must not replace them."""
     path = cfg.readme
+    explicit = path is not None
     if path is None:
         cand = out.parent / "README.md"
         path = cand if cand.exists() else None
@@ -1599,6 +1604,11 @@ def _update_readme(cfg: BenchConfig, out: Path, bd_psnr_md: str, plots: Dict) ->
         return None
     base = Path(path).parent
     rel = lambda p: os.path.relpath(p, base)  # noqa: E731
+    section = text[text.index(README_START) + len(README_START):text.index(README_END)]
+    if not explicit and "RESULTS.md" in section and f"({rel(out / 'RESULTS.md')})" not in section:
+        if log:
+            log(f"{path} shows the results of another folder; left as it is (--readme {path} replaces them)")
+        return None
     ds = Path(cfg.dataset).resolve().name
     body = [f"Latest results on `{ds}` (full tables, speed and versions: "
             f"[{rel(out / 'RESULTS.md')}]({rel(out / 'RESULTS.md')})).\n"]

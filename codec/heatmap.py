@@ -69,6 +69,15 @@ def bits_map(data: bytes) -> Tuple[np.ndarray, np.ndarray, Dict]:
     return rgb, bpp, totals
 
 
+def figure_panel(width: int, height: int, long_side: float = 6.0, short_min: float = 2.5):
+    """(width, height) in inches of one panel: the image's aspect ratio, the long side
+    ``long_side``, and no side under ``short_min`` (a 2x3000 image gets a 2.5 x 6 inch
+    panel, not a 6 x 9000 inch one)."""
+    if height <= width:
+        return long_side, max(short_min, long_side * height / width)
+    return max(short_min, long_side * width / height), long_side
+
+
 def draw_heatmap(aec_bytes: bytes, out_png_path) -> Dict:
     """Draw the decoded image and, beside it, the bits spent per region (PNG). Returns the totals."""
     import matplotlib
@@ -78,13 +87,13 @@ def draw_heatmap(aec_bytes: bytes, out_png_path) -> Dict:
 
     rgb, bpp, t = bits_map(aec_bytes)
     h, w = bpp.shape
-    panel_w = 6.0
-    panel_h = max(2.5, panel_w * h / w)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * panel_w + 1.2, panel_h + 1.0), dpi=100,
+    panel_w, panel_h = figure_panel(w, h)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * max(panel_w, 3.0) + 1.2, panel_h + 1.0), dpi=100,
                              gridspec_kw={"width_ratios": [1, 1.08]})
-    axes[0].imshow(rgb, interpolation="nearest")
+    axes[0].imshow(rgb, interpolation="nearest", aspect="auto" if max(w, h) > 8 * min(w, h) else "equal")
     axes[0].set_title("decoded image", fontsize=10)
-    im = axes[1].imshow(bpp, cmap="magma", interpolation="nearest", vmin=0)
+    im = axes[1].imshow(bpp, cmap="magma", interpolation="nearest", vmin=0,
+                        aspect="auto" if max(w, h) > 8 * min(w, h) else "equal")
     axes[1].set_title("bits per pixel spent on each region", fontsize=10)
     cb = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03)
     cb.set_label("bits per pixel")

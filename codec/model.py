@@ -313,8 +313,9 @@ def table_bits(em, symbols: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor
     max_value = em._cdf_length.long()[idx] - 2
     inside = (v >= 0) & (v < max_value)
     pos = torch.where(inside, v, max_value)
-    rows = cdf[idx]
-    freq = rows.gather(1, (pos + 1)[:, None])[:, 0] - rows.gather(1, pos[:, None])[:, 0]
+    flat = cdf.reshape(-1)  # look up two entries per symbol, not a whole CDF row (memory O(symbols))
+    at = idx * cdf.shape[1] + pos
+    freq = flat[at + 1] - flat[at]
     bits = 16.0 - torch.log2(freq.double())
     raw = torch.where(v < 0, -2 * v - 1, 2 * (v - max_value)).clamp_min(0)
     n_digits = torch.zeros_like(raw)

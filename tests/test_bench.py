@@ -306,3 +306,52 @@ def test_heatmap_matches_the_file(tmp_path, photo_crops):
     B.draw_heatmap(data, out)
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 1.5 * im.size[1]
+
+
+def test_heatmap_figure_of_a_thin_image_stays_small():
+    from aecodec.heatmap import figure_panel
+
+    assert figure_panel(768, 512) == (6.0, 4.0)
+    assert figure_panel(2, 3000) == (2.5, 6.0) and figure_panel(3000, 2) == (6.0, 2.5)
+    assert figure_panel(512, 768) == (4.0, 6.0)
+
+
+def test_table_bits_looks_up_only_the_coded_entries():
+    """table_bits gathers two CDF entries per symbol (memory O(symbols)); same bits as a
+    whole-row lookup, escapes included."""
+    import torch
+
+    from aecodec.model import table_bits
+    from aecodec.weights import load_model
+
+    gc = load_model().gaussian_conditional
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, gc._quantized_cdf.shape[0], (1, 3, 20, 20), generator=g)
+    sym = torch.randint(-40, 41, (1, 3, 20, 20), generator=g)
+    bits = table_bits(gc, sym, idx)
+    cdf = gc._quantized_cdf.long()
+    for i, s, b in zip(idx.reshape(-1).tolist(), sym.reshape(-1).tolist(), bits.reshape(-1).tolist()):
+        v = s - int(gc._offset[i])
+        mx = int(gc._cdf_length[i]) - 2
+        if 0 <= v < mx:
+            assert b == pytest.approx(16 - np.log2(int(cdf[i, v + 1]) - int(cdf[i, v])))
+        else:
+            assert b > 16 - np.log2(int(cdf[i, mx + 1]) - int(cdf[i, mx]))  # the escape and its digits
+
+
+def test_a_quick_run_beside_published_results_leaves_their_readme(tmp_path):
+    import types
+
+    readme = tmp_path / "README.md"
+    shown = f"{B.README_START}\nLatest results ([kodak/RESULTS.md](kodak/RESULTS.md))\n{B.README_END}\n"
+    readme.write_text("# results\n" + shown)
+    cfg = types.SimpleNamespace(readme=None, dataset=tmp_path / "tiny")
+    said = []
+    assert B._update_readme(cfg, tmp_path / "tiny", "| table |\n", {}, said.append) is None
+    assert readme.read_text() == "# results\n" + shown and "left as it is" in said[0]
+    # the same folder again, or a README named on purpose: refreshed
+    assert B._update_readme(cfg, tmp_path / "kodak", "| new |\n", {}) == readme
+    assert "| new |" in readme.read_text() and "kodak/RESULTS.md" in readme.read_text()
+    cfg.readme = readme
+    assert B._update_readme(cfg, tmp_path / "tiny", "| tiny |\n", {}) == readme
+    assert "tiny/RESULTS.md" in readme.read_text()
