@@ -54,6 +54,8 @@ def training_split(data, val_images: int) -> tuple:
     """(training files, held-out files) of a data folder: ``val_images`` held out, at
     most one in 20.  One rule for training and for --pack-to, so a pack never holds a
     held-out image."""
+    if not Path(data).is_dir():
+        raise SystemExit(f"error: {data}: no such directory")
     files = list_images(Path(data))
     if len(files) < 2:
         raise SystemExit(f"error: need at least 2 images in {data}, found {len(files)}")
@@ -881,7 +883,11 @@ def recommend(rows: List[Dict], min_amp_gain: float = 1.3) -> tuple:
 
 def build_parser() -> argparse.ArgumentParser:
     class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
+        def _get_help_string(self, action):  # "(default: X)" only where the help does not say it already
+            h = action.help or ""
+            if "default" in h or action.default in (None, False) or action.default is argparse.SUPPRESS:
+                return h
+            return super()._get_help_string(action)
 
     p = argparse.ArgumentParser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
     p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
@@ -949,6 +955,39 @@ def main(argv=None, prog=None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
+    for name, low in (("crop", 64), ("val_crop", 64)):
+        v = getattr(args, name)
+        if v < low or v % 64:
+            parser.error(f"--{name.replace('_', '-')} must be a multiple of 64 (the model's downsampling), got {v}")
+    for name, low in (("batch", 1), ("N", 1), ("M", 1), ("threads", 1), ("log_every", 1), ("val_images", 1),
+                      ("warmup", 0), ("steps", 0), ("decay_steps", 1), ("decay_start", 0)):
+        v = getattr(args, name)
+        if v is not None and v < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
+    for name in ("lr", "aux_lr", "ckpt_minutes", "clip"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    for name in ("minutes", "val_minutes"):
+        if not getattr(args, name) >= 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more")
+    if not 0 <= args.ema < 1:
+        parser.error(f"--ema must be in [0, 1), got {args.ema}")
+    try:
+        return _main(parser, args)
+    except SystemExit as e:  # the trainer's own one-line errors ("error: ...")
+        if isinstance(e.code, str):
+            print(f"{parser.prog}: {e.code}", file=sys.stderr)
+            return 1
+        raise
+    except (ValueError, OSError) as e:  # bad data (no image large enough, unreadable files): one line
+        if os.environ.get("AECODEC_DEBUG"):
+            raise
+        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+
+
+def _main(parser, args) -> int:
     if args.rewarm and (args.decay_now or args.decay_start is not None):
         parser.error("--rewarm ends a decay; it cannot be combined with --decay-now or --decay-start")
     if args.pack_to:

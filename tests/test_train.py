@@ -583,3 +583,34 @@ def test_bf16_transforms_train_and_stay_close_to_float32(data_dir, tmp_path):
         a = tr.model(x, 3)["x_hat"]
         tr.model.transform_dtype = None
         assert torch.equal(a, tr.model(x, 3)["x_hat"]) and a.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad", [["--crop", "100"], ["--crop", "0"], ["--val-crop", "96"], ["--batch", "0"],
+                                 ["--lr", "0"], ["--ema", "1"], ["--steps", "-1"], ["--minutes", "-2"]])
+def test_bad_options_are_usage_errors(data_dir, tmp_path, bad, capsys):
+    from aecodec.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(data_dir), "--run-dir", str(tmp_path / "r"), *bad], prog="aecodec train")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"aecodec train: error: {bad[0]} must" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_data_is_one_line_exit_1(data_dir, tmp_path, capsys):
+    from aecodec.train import main
+
+    common = ["--run-dir", str(tmp_path / "r"), "--steps", "1", "--quiet", "--threads", "1"]
+    assert main([str(tmp_path / "nowhere"), *common], prog="aecodec train") == 1
+    assert capsys.readouterr().err.strip() == f"aecodec train: error: {tmp_path / 'nowhere'}: no such directory"
+    # the images are 96x96: none is large enough for the default 256x256 crops
+    assert main([str(data_dir), *common], prog="aecodec train") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "aecodec train: error: no training image is at least 256x256", err
+
+
+def test_help_states_each_default_once():
+    h = build_parser().format_help()
+    assert "(default: None)" not in h and "kept in the checkpoint) (default" not in h
+    assert "(default: 4)" in h  # --batch: said by the formatter
