@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .format import Container, FormatError, Header, pack, unpack
-from .image import Planes, check_size, planes_to_pil, to_planes, warn_notes
+from .image import Planes, check_size, pixels_in_words, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_QUALITY = 6
@@ -100,8 +100,8 @@ def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = 
 def _check_container(c: Container, max_pixels: Optional[int]) -> None:
     h = c.header
     if max_pixels is not None and h.width * h.height > max_pixels:
-        raise FormatError(f"image is {h.width}x{h.height} ({h.width * h.height / 1e6:.0f} Mpx), over the "
-                          f"decoder's limit of {max_pixels / 1e6:.0f} Mpx (raise it with --max-pixels / "
+        raise FormatError(f"image is {h.width}x{h.height} ({pixels_in_words(h.width * h.height)}), over the "
+                          f"decoder's limit of {pixels_in_words(max_pixels)} (raise it with --max-pixels / "
                           f"max_pixels= if you trust the file)")
     _, y_shape, z_shape = _latent_shapes(h.height, h.width)
     if tuple(h.y_shape) != y_shape or tuple(h.z_shape) != z_shape:
@@ -173,6 +173,8 @@ def decompress(data: bytes, max_pixels: Optional[int] = MAX_PIXELS, precision: s
 
 def info(data: bytes) -> Dict:
     """The header of .aec bytes as a dict (verifies the checksum; does not decode)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))
     d = c.header.to_dict()
     d["file_bytes"] = len(data)

@@ -159,21 +159,40 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB", icc, notes)
 
 
+def _array_note(arr: np.ndarray) -> List[str]:
+    """What ``_to_8bit`` did to a non-uint8 array, in words (reported as a warning)."""
+    k = arr.dtype
+    if k == np.uint8 or k == np.bool_:
+        return []
+    if k.kind == "f":
+        return [f"{k} samples read as {'0..1' if np.nan_to_num(arr.astype(np.float64)).max(initial=0) <= 1.0 else '0..255'} "
+                "and rounded to 8 bits"]
+    if k == np.uint16 or (k.kind in "iu" and arr.max(initial=0) > 255):
+        return [f"{k} samples read as 16-bit (0..65535) and reduced to 8 bits; pass uint8 for 0..255 data"]
+    return [f"{k} samples clipped to 0..255"]
+
+
 def planes_from_array(arr: np.ndarray) -> Planes:
     arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise ImageError(f"expected an array of numbers, got dtype {arr.dtype}")
     if arr.ndim == 2:
-        return Planes(_grey(_to_8bit(arr)), None, "L")
+        return Planes(_grey(_to_8bit(arr)), None, "L", None, _array_note(arr))
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         a = _to_8bit(arr)
         if a.shape[2] == 4:
-            return Planes(np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3]), "RGBA")
-        return Planes(np.ascontiguousarray(a), None, "RGB")
+            return Planes(np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3]), "RGBA", None,
+                          _array_note(arr))
+        return Planes(np.ascontiguousarray(a), None, "RGB", None, _array_note(arr))
     raise ImageError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
 
 
 def to_planes(image) -> Planes:
     if isinstance(image, Image.Image):
-        p = planes_from_pil(image)
+        try:
+            p = planes_from_pil(image)
+        except (OSError, SyntaxError, EOFError) as e:  # a lazily opened file that turns out truncated or corrupt
+            raise ImageError(f"cannot read the image ({_one_line(e)})") from None
     elif isinstance(image, np.ndarray):
         p = planes_from_array(image)
     else:
@@ -192,8 +211,13 @@ def check_size(width: int, height: int, max_pixels: Optional[int], what: str = "
     if width > MAX_DIMENSION or height > MAX_DIMENSION:
         raise ImageError(f"{what} is {width}x{height}; an .aec file holds at most {MAX_DIMENSION} pixels per side")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} Mpx), over the limit of "
-                         f"{max_pixels / 1e6:.1f} Mpx (raise it with --max-pixels / max_pixels=)")
+        raise ImageError(f"{what} is {width}x{height} ({pixels_in_words(width * height)}), over the limit of "
+                         f"{pixels_in_words(max_pixels)} (raise it with --max-pixels / max_pixels=)")
+
+
+def pixels_in_words(n: int) -> str:
+    """'134.2 Mpx', or '16384 pixels' under a megapixel (where 'Mpx' would read 0.0)."""
+    return f"{n / 1e6:.1f} Mpx" if n >= 10**6 else f"{n} pixels"
 
 
 _pillow_limit_lock = threading.Lock()

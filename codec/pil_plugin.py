@@ -1,4 +1,5 @@
-"""Pillow plugin: ``import aecodec`` makes ``Image.open("photo.aec")`` work.
+"""Pillow plugin: ``import aecodec`` makes ``Image.open("photo.aec")`` and
+``image.save("photo.aec", quality=6)`` work.
 
 Opening reads and verifies the header (cheap, no torch); pixels are decoded on
 first access (``load()``), like any lazily-loaded Pillow format.  A file that
@@ -54,7 +55,20 @@ class AecImageFile(ImageFile.ImageFile):
         return Image.Image.load(self)
 
 
+def _save(im: Image.Image, fp, filename) -> None:
+    """``im.save("x.aec", quality=6)``: Pillow's ``quality`` is aecodec's level (1..8, default 6)."""
+    from .api import DEFAULT_QUALITY, compress
+
+    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    try:
+        data = compress(im, quality=quality)
+    except ValueError as e:  # a bad quality, an image the format cannot hold
+        raise ValueError(f"cannot save as .aec: {e}") from None
+    fp.write(data)
+
+
 def register() -> None:
     Image.register_open(AecImageFile.format, AecImageFile, _accept)
+    Image.register_save(AecImageFile.format, _save)
     Image.register_extension(AecImageFile.format, ".aec")
     Image.register_mime(AecImageFile.format, "image/x-aec")

@@ -84,3 +84,54 @@ def test_shipped_weights_meet_the_release_bar_on_kodim23(tmp_path):
     b = np.asarray(Image.open(tmp_path / "k.png").convert("RGB"))
     bpp = 8 * (tmp_path / "k.aec").stat().st_size / (a.shape[0] * a.shape[1])
     assert psnr(a, b) > 30.0 and bpp < 2.0, (psnr(a, b), bpp)
+
+
+def test_api_errors_name_the_problem(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(TypeError, match="expected bytes"):
+        aecodec.info("x.aec")
+    buf = __import__("io").BytesIO()
+    Image.fromarray((np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)).save(buf, "PNG")
+    (tmp_path / "t.png").write_bytes(buf.getvalue()[:200])  # opens lazily, fails on load
+    with Image.open(tmp_path / "t.png") as im, pytest.raises(aecodec.ImageError, match="cannot read"):
+        aecodec.compress(im, quality=1)
+    with pytest.raises(aecodec.ImageError, match="dtype"):
+        aecodec.compress(np.zeros((8, 8, 3), dtype=object), quality=1)
+
+
+def test_non_uint8_arrays_say_how_they_were_read():
+    x = np.full((16, 16, 3), 200, np.uint16)  # 16-bit data: nearly black, and said so
+    with pytest.warns(aecodec.AecodecWarning, match="16-bit"):
+        aecodec.compress(x, quality=1)
+    with pytest.warns(aecodec.AecodecWarning, match="0..1"):
+        aecodec.compress(np.full((16, 16), 0.5, np.float32), quality=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aecodec.compress(np.full((16, 16, 3), 200, np.uint8), quality=1)  # uint8: nothing to say
+
+
+def test_pillow_saves_aec(tmp_path):
+    from PIL import Image
+
+    x = (np.arange(48 * 40 * 3) % 253).astype(np.uint8).reshape(48, 40, 3)
+    Image.fromarray(x).save(tmp_path / "x.aec", quality=3)
+    assert aecodec.info((tmp_path / "x.aec").read_bytes())["quality"] == 3
+    with Image.open(tmp_path / "x.aec") as im:
+        assert im.size == (40, 48) and im.format == "AEC"
+    Image.fromarray(x).save(tmp_path / "d.aec")
+    assert aecodec.info((tmp_path / "d.aec").read_bytes())["quality"] == aecodec.api.DEFAULT_QUALITY
+    with pytest.raises(ValueError, match="quality"):
+        Image.fromarray(x).save(tmp_path / "bad.aec", quality=95)
+    assert not (tmp_path / "bad.aec").exists()
+
+
+def test_pixel_counts_in_words():
+    from aecodec.image import pixels_in_words
+
+    assert pixels_in_words(16384) == "16384 pixels" and pixels_in_words(2**27) == "134.2 Mpx"
+    data = aecodec.compress(np.zeros((40, 30, 3), np.uint8), quality=1)
+    with pytest.raises(aecodec.FormatError, match=r"\(1200 pixels\), over the decoder's limit of 1000 pixels"):
+        aecodec.decompress(data, max_pixels=1000)
