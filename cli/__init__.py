@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import click
 
 from aecodec.api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES
 from aecodec.export import WEIGHTS as EXPORT_WEIGHTS  # light: torch loads when an export runs
+from aecodec.format import MAGIC as AEC_MAGIC
 
 EXIT_DATA = 1  # unreadable image, corrupt file, I/O failure
 EXIT_USAGE = 2  # bad options, refusing to overwrite
@@ -57,6 +59,26 @@ def _print_version(ctx, _param, value):
         ctx.exit(0)
 
 
+def _is_special(path: str) -> bool:
+    """An existing output that is not a regular file (/dev/null, a named pipe): written
+    straight into, not replaced by a rename (which would replace the device node)."""
+    try:
+        import stat
+
+        m = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(m) and not stat.S_ISDIR(m)
+
+
+def _refuse_terminal(inp: str, out: str, what: str) -> None:
+    """Like gzip: binary data is neither read from nor written to a terminal."""
+    if inp == "-" and sys.stdin.isatty():
+        raise UsageProblem(f"refusing to read {what} from a terminal; give a file name or pipe one in")
+    if out == "-" and sys.stdout.isatty():
+        raise UsageProblem("refusing to write binary data to a terminal; redirect it or use -o FILE")
+
+
 def _read_input(src: str) -> bytes:
     if src == "-":
         return sys.stdin.buffer.read()
@@ -73,8 +95,8 @@ def _read_input(src: str) -> bytes:
         raise DataError(f"{src}: cannot read ({e.strerror})") from None
 
 
-def _check_output(out: str, force: bool) -> None:
-    if out == "-":
+def _check_output(out: str, force: bool, other_name: str = " or -o to choose another name") -> None:
+    if out == "-" or _is_special(out):
         return
     p = Path(out)
     if p.is_dir():
@@ -82,7 +104,7 @@ def _check_output(out: str, force: bool) -> None:
     if not p.parent.is_dir():
         raise DataError(f"{out}: output directory {str(p.parent)!r} does not exist")
     if p.exists() and not force:
-        raise UsageProblem(f"{out} exists; use -f to overwrite or -o to choose another name")
+        raise UsageProblem(f"{out} exists; use -f to overwrite{other_name}")
 
 
 def _write_output(out: str, data: bytes, force: bool) -> None:
@@ -92,9 +114,21 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
     appeared meanwhile, so nothing is ever overwritten by accident.  On any
     error, Ctrl-C or SIGTERM the temporary file is removed: no partial output.
     """
-    if out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+    if out == "-" or _is_special(out):
+        try:
+            if out == "-":
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                with open(out, "wb") as f:
+                    f.write(data)
+        except OSError as e:
+            if out == "-":  # nothing more can reach stdout: keep Python's exit from complaining too
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                except OSError:
+                    pass
+            raise DataError(f"{'<stdout>' if out == '-' else out}: cannot write ({e.strerror or e})") from None
         return
     import tempfile
 
@@ -102,6 +136,8 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
     except FileNotFoundError:
+        if p.parent.is_dir():
+            raise DataError(f"{out}: cannot create a file in {str(p.parent)!r}") from None
         raise DataError(f"{out}: output directory {str(p.parent)!r} does not exist") from None
     except OSError as e:
         raise DataError(f"{out}: cannot write ({e.strerror})") from None
@@ -166,9 +202,12 @@ class _Batch:
     def __init__(self, n: int, progress: Optional[bool], what: str):
         from tqdm import tqdm
 
+        # one file: a bar over the transforms' tiles instead (images over ~1 Mpx have several)
+        self.tile_bars = n == 1 and (progress is True or (progress is None and sys.stderr.isatty()))
+        self._tiles = None
         if progress is None:
             progress = n > 1 and sys.stderr.isatty()
-        self.bar = tqdm(total=n, unit="file", desc=what, file=sys.stderr, disable=not progress,
+        self.bar = tqdm(total=n, unit="file", desc=what, file=sys.stderr, disable=not progress or n == 1,
                         dynamic_ncols=True, leave=False)
         self.n = n
         self.failed = []
@@ -180,9 +219,32 @@ class _Batch:
         else:
             self.bar.write(msg, file=sys.stderr)
 
+    def _on_tile(self, what: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._tiles is None or self._tiles.desc != what:
+            self._close_tiles()
+            self._tiles = tqdm(total=total, unit="tile", desc=what, file=sys.stderr, dynamic_ncols=True,
+                               leave=False)
+        self._tiles.update(done - self._tiles.n)
+
+    def _close_tiles(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
+            self._tiles = None
+
     def run(self, name: str, job) -> None:
+        from aecodec import tiling
+
         try:
-            job()
+            if self.tile_bars:
+                with tiling.report_tiles(self._on_tile):
+                    try:
+                        job()
+                    finally:
+                        self._close_tiles()
+            else:
+                job()
         except click.ClickException as e:
             self.say(f"aecodec: error: {e.format_message()}")
             self.failed.append(name)
@@ -251,6 +313,8 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
     if output is not None and out_dir is not None:
         raise UsageProblem("use -o or -d, not both")
     if out_dir is not None and not Path(out_dir).is_dir():
+        if Path(out_dir).exists():
+            raise UsageProblem(f"{out_dir}: -d needs a directory, and this is a file")
         raise DataError(f"{out_dir}: output directory does not exist")
     outs = []
     for inp in inputs:
@@ -291,7 +355,8 @@ def _max_pixels_option(f):
 
 
 QUALITY_HELP = f"quality level {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image)"
-PROGRESS_HELP = "progress bar on stderr (default: when several files and stderr is a terminal)"
+PROGRESS_HELP = ("progress bar on stderr: over the files, or for one large file over its tiles "
+                 "(default: when stderr is a terminal)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -319,6 +384,9 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
     from aecodec.api import compress_planes
     from aecodec.image import ImageError, open_image
 
+    if out != "-" and not _is_special(out) and Path(out).suffix.lower() != ".aec":
+        raise UsageProblem(f"{out}: compressed files are written as .aec (got {Path(out).suffix or 'no extension'!r})")
+    _refuse_terminal(inp, out, "an image")
     _check_output(out, force)
     t0 = time.time()
     try:
@@ -326,11 +394,15 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
             raw = _read_input(inp)
             if not raw:
                 raise DataError(f"{inp}: empty input")
+            if raw[:4] == AEC_MAGIC:
+                raise UsageProblem("<stdin> is already an .aec file; decompress it, not compress it")
             planes = open_image(io.BytesIO(raw), name="<stdin>", max_pixels=max_pixels)
         else:
             p = Path(inp)
             if p.is_file() and p.stat().st_size == 0:
                 raise DataError(f"{inp}: empty file")
+            if p.is_file() and _starts_with(p, AEC_MAGIC):
+                raise UsageProblem(f"{inp} is already an .aec file; decompress it, not compress it")
             planes = open_image(p, name=inp, max_pixels=max_pixels)
     except ImageError as e:
         raise DataError(str(e)) from None
@@ -369,9 +441,21 @@ def compress(inputs, output: Optional[str], out_dir: Optional[str], quality: int
                lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say))
 
 
+def _starts_with(p: Path, magic: bytes) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False  # open_image reports why it cannot be read
+
+
 def _image_format_for(path: str) -> str:
     from PIL import Image
 
+    if path == "-" or (_is_special(path) and not Path(path).suffix):
+        return "PNG"
+    if Path(path).is_dir():
+        raise UsageProblem(f"{path}: is a directory")
     Image.init()
     ext = Path(path).suffix.lower()
     fmt = Image.EXTENSION.get(ext)
@@ -390,18 +474,19 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
 
     import aecodec
 
-    fmt = "PNG" if out == "-" else _image_format_for(out)
+    fmt = _image_format_for(out)
+    _refuse_terminal(inp, out, ".aec data")
     _check_output(out, force)
     raw = _read_input(inp)
     t0 = time.time()
     try:
+        if fmt == "JPEG" and aecodec.info(raw)["mode"] in ("LA", "RGBA"):  # before the decode, not after
+            raise UsageProblem(f"{out}: JPEG cannot hold the alpha channel; use .png")
         img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:
         raise DataError(f"{inp}: {e}") from None
-    if fmt == "JPEG" and img.mode in ("LA", "RGBA"):
-        raise UsageProblem(f"{out}: JPEG cannot hold the alpha channel; use .png")
     icc = img.info.get("icc_profile")
     params = {}
     if icc:
@@ -458,7 +543,7 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
     if heatmap is not None:
         if Path(heatmap).suffix.lower() != ".png":
             raise UsageProblem(f"{heatmap}: the heatmap is written as .png")
-        _check_output(heatmap, force)
+        _check_output(heatmap, force, other_name=" or name another file")
     raw = _read_input(file)
     import aecodec
 
@@ -514,14 +599,15 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     """Bake the CDF tables of a training CHECKPOINT into release weights OUT (.safetensors)."""
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
-    _check_output(out, force)
+    _check_output(out, force, other_name=" or name another file")
     from aecodec.export import export_checkpoint
 
     try:
         entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
                                   use_ema=EXPORT_WEIGHTS[which])
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise DataError(f"{checkpoint}: not a usable training checkpoint ({e})") from None
+    except (OSError, KeyError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        msg = " ".join(str(e).split())[:200]
+        raise DataError(f"{checkpoint}: not a usable training checkpoint ({type(e).__name__}: {msg})") from None
     click.echo(json.dumps(entry, indent=2))
 
 

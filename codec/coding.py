@@ -147,7 +147,8 @@ def entropy_parameters(model, z_hat, tol: float, tile: int = tiling.TILE) -> Par
 
     m = tiling.cached_margin(model, "h_s", 1, HS_UNIT)
     with torch.no_grad():
-        tiling.run(h_s64, read, write, (Hz, Wz), 1, HS_UNIT, m, tile=max(1, tile // HS_UNIT))
+        tiling.run(h_s64, read, write, (Hz, Wz), 1, HS_UNIT, m, tile=max(1, tile // HS_UNIT),
+                   what="entropy parameters")
     if near_pos:
         pos, dist = np.concatenate(near_pos), np.concatenate(near_dist)
         order = np.argsort(pos, kind="stable")
@@ -203,7 +204,7 @@ def analysis(model, rgb_padded: np.ndarray, gain, tile: int = tiling.TILE):
 
     m = tiling.cached_margin(model, "g_a", GS_UNIT, 1)
     with torch.no_grad():
-        n = tiling.run(model.g_a, read, write, (Hy, Wy), GS_UNIT, 1, m, tile=tile)
+        n = tiling.run(model.g_a, read, write, (Hy, Wy), GS_UNIT, 1, m, tile=tile, what="analysis")
         y.mul_(gain)
     return y, n
 
@@ -303,7 +304,7 @@ def synthesis(model, y_scaled, height: int, width: int, precision: str = "float3
 
     m = tiling.cached_margin(model, "g_s", 1, GS_UNIT)
     with torch.no_grad():
-        tiling.run(g_s, read, write, (Hy, Wy), 1, GS_UNIT, m, tile=tile)
+        tiling.run(g_s, read, write, (Hy, Wy), 1, GS_UNIT, m, tile=tile, what="synthesis")
     return out
 
 

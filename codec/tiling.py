@@ -21,6 +21,8 @@ know is not tiled.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -127,23 +129,43 @@ def spans(n: int, tile: int, m: int) -> Iterator[Tuple[int, int, int, int]]:
         yield c0, c1, max(0, c0 - m), min(n, c1 + m)
 
 
+_on_tile: contextvars.ContextVar = contextvars.ContextVar("aecodec_on_tile", default=None)
+
+
+@contextlib.contextmanager
+def report_tiles(callback: Callable[[str, int, int], None]):
+    """Within this block, every tiled transform of more than one tile calls
+    ``callback(what, done, total)`` after each tile (a progress bar for large images)."""
+    token = _on_tile.set(callback)
+    try:
+        yield
+    finally:
+        _on_tile.reset(token)
+
+
 def run(f: Callable, read: Callable, write: Callable, grid_hw: Tuple[int, int], unit_in: int, unit_out: int,
-        m: Optional[int], tile: int = TILE) -> int:
+        m: Optional[int], tile: int = TILE, what: str = "") -> int:
     """Apply ``f`` tile by tile.  Returns the number of tiles.
 
     ``read(r0, r1, c0, c1)`` returns the input crop (input-sample coordinates),
     ``write(r0, r1, c0, c1, block)`` stores an output block (output-sample
     coordinates).  With ``m`` None (not tileable) the whole grid is one tile.
+    ``what`` names the transform for :func:`report_tiles`.
     """
     H, W = grid_hw
     if m is None:
         tile = max(H, W)
         m = 0
+    rows, cols = list(spans(H, tile, m)), list(spans(W, tile, m))
+    total = len(rows) * len(cols)
+    report = _on_tile.get() if total > 1 else None
     n = 0
-    for r0, r1, a0, a1 in spans(H, tile, m):
-        for c0, c1, b0, b1 in spans(W, tile, m):
+    for r0, r1, a0, a1 in rows:
+        for c0, c1, b0, b1 in cols:
             out = f(read(a0 * unit_in, a1 * unit_in, b0 * unit_in, b1 * unit_in))
             block = out[..., (r0 - a0) * unit_out:(r1 - a0) * unit_out, (c0 - b0) * unit_out:(c1 - b0) * unit_out]
             write(r0 * unit_out, r1 * unit_out, c0 * unit_out, c1 * unit_out, block)
             n += 1
+            if report is not None:
+                report(what, n, total)
     return n

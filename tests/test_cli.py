@@ -295,3 +295,121 @@ def test_decompress_unreadable_inputs(work):
         assert r.exit_code == 1, (name, r.output)
         assert r.stderr.startswith("aecodec: error:") and r.stderr.count("\n") == 1
         assert not (work / "out.png").exists()
+
+
+def test_compress_writes_aec_names_only(work):
+    for name in ("y.png", "y.jpg", "y"):
+        r = run("compress", work / "photo.png", "-o", work / name)
+        assert r.exit_code == 2 and "written as .aec" in r.stderr, r.output
+        assert not (work / name).exists()
+    assert run("compress", work / "photo.png", "-o", work / "Y.AEC").exit_code == 0
+
+
+def test_an_aec_file_given_to_compress_is_refused(work):
+    assert run("compress", work / "photo.png", "-q", "2").exit_code == 0
+    (work / "copy.png").write_bytes((work / "photo.aec").read_bytes())  # whatever its name
+    for src in (work / "photo.aec", work / "copy.png"):
+        r = run("compress", src, "-o", work / "again.aec")
+        assert r.exit_code == 2 and "already an .aec file" in r.stderr and r.stderr.count("\n") == 1, r.output
+        assert not (work / "again.aec").exists()
+    r = run("compress", "-", input=(work / "photo.aec").read_bytes())
+    assert r.exit_code == 2 and "already an .aec file" in r.stderr and not r.stdout_bytes
+
+
+def test_device_outputs_are_written_into_not_replaced(work):
+    import os
+    import stat
+
+    if not os.path.exists(os.devnull) or os.name != "posix":
+        pytest.skip("needs /dev/null")
+    r = run("compress", work / "photo.png", "-q", "1", "-o", os.devnull)  # no -f needed: nothing is overwritten
+    assert r.exit_code == 0, r.output
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    r = run("decompress", work / "photo.aec", "-o", os.devnull)  # no extension: PNG
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not a file renamed over it
+
+
+def test_misnamed_output_targets(work):
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    r = run("compress", work / "photo.png", "-d", work / "photo.png")
+    assert r.exit_code == 2 and "needs a directory" in r.stderr, r.output
+    (work / "dir").mkdir()
+    r = run("decompress", work / "photo.aec", "-o", work / "dir")
+    assert r.exit_code == 2 and "is a directory" in r.stderr, r.output
+
+
+def test_binary_data_is_not_read_from_or_written_to_a_terminal(monkeypatch):
+    import sys
+
+    from aecodec import cli
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    class Pipe:
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stdin", Tty())
+    monkeypatch.setattr(sys, "stdout", Pipe())
+    with pytest.raises(cli.UsageProblem, match="from a terminal"):
+        cli._refuse_terminal("-", "x.aec", "an image")
+    cli._refuse_terminal("photo.png", "-", "an image")  # stdout is a pipe: fine
+    monkeypatch.setattr(sys, "stdout", Tty())
+    with pytest.raises(cli.UsageProblem, match="to a terminal"):
+        cli._refuse_terminal("photo.png", "-", "an image")
+    cli._refuse_terminal("photo.png", "photo.aec", "an image")
+
+
+def test_a_failed_write_to_stdout_is_one_line(tmp_path, photo_crops):
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    src = tmp_path / "p.png"
+    Image.fromarray(photo_crops[0][:64, :64]).save(src)
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-c", "from aecodec.cli import main; main()", "compress", str(src),
+                            "-q", "1", "-o", "-"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == "aecodec: error: <stdout>: cannot write (No space left on device)", r.stderr
+
+
+def test_jpeg_output_of_an_alpha_file_is_refused_before_decoding(work, monkeypatch):
+    import aecodec
+
+    Image.fromarray(np.dstack([np.asarray(Image.open(work / "photo.png")),
+                               np.full((96, 128), 200, np.uint8)])).save(work / "a.png")
+    assert run("compress", work / "a.png", "-q", "1").exit_code == 0
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(aecodec, "decompress", no_decode)
+    r = run("decompress", work / "a.aec", "-o", work / "a.jpg")
+    assert r.exit_code == 2 and "alpha" in r.stderr and not (work / "a.jpg").exists(), r.output
+
+
+def test_one_large_file_reports_progress_over_tiles(tmp_path, monkeypatch):
+    from aecodec import cli
+
+    calls = []
+    monkeypatch.setattr(cli._Batch, "_on_tile", lambda self, *a: calls.append(a))
+    b = cli._Batch(1, True, "compress")
+    assert b.tile_bars and b.bar.disable  # one file: no bar over files, a bar over tiles
+
+    def job():
+        from aecodec import tiling
+
+        tiling.run(lambda v: v, lambda *c: np.zeros((1, 1, 4, 4)), lambda *c: None, (4, 4), 1, 1, 0, tile=2,
+                   what="analysis")
+
+    b.run("x", job)
+    assert calls == [("analysis", 1, 4), ("analysis", 2, 4), ("analysis", 3, 4), ("analysis", 4, 4)]
+    assert not cli._Batch(1, False, "compress").tile_bars
+    assert not cli._Batch(3, True, "compress").tile_bars
