@@ -53,3 +53,22 @@ def test_a_retired_model_is_refused_with_directions_then_decodes_when_put_back(t
     shutil.move(tmp_path / old["file"], d / old["file"])
     monkeypatch.setattr(W, "_cache", {})
     assert aecodec.decompress(data).size == (30, 20)
+
+
+def test_a_wheel_carries_every_file_the_weights_folder_needs():
+    """A non-editable install (pip install .) gets what setuptools' package-data lists: the
+    manifest and every registered weights file must match it (the manifest once did not)."""
+    import fnmatch
+    import json
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folder = root / cfg["package-dir"]["aecodec.release_weights"]
+    patterns = cfg["package-data"]["aecodec.release_weights"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    needed = ["manifest.json", "README.md"] + [m["file"] for m in manifest["models"].values()]
+    for name in needed:
+        assert (folder / name).exists(), name
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} would be missing from a wheel"
