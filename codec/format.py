@@ -7,11 +7,11 @@ Layout (all integers big-endian)::
     version      1   format version (1)
     flags        1   reserved, must be 0
     model_len    1   length of the model identifier (1..64)
-    model_id     n   ASCII model identifier, e.g. "aec-msh-128-192-r1"
+    model_id     n   ASCII model identifier, e.g. "msh-128x192-f7bc26c0adba"
     quality      1   quality level (1..255; the model defines the valid range)
     mode         1   colour mode: 1 = L, 2 = LA, 3 = RGB, 4 = RGBA
-    width        4   original width in pixels (>= 1)
-    height       4   original height in pixels (>= 1)
+    width        4   original width in pixels (1..1048512)
+    height       4   original height in pixels (1..1048512)
     y_h, y_w     2+2 latent y shape
     z_h, z_w     2+2 hyper-latent z shape
     n_chunks     1   number of chunks that follow
