@@ -354,6 +354,22 @@ def _max_pixels_option(f):
                         metavar="N", help=MAX_PIXELS_HELP)(f)
 
 
+class _Quality(click.ParamType):
+    """A quality level, with an error that says what is allowed (click's IntRange says
+    "'abc' is not a valid integer range")."""
+
+    name = "Q"
+
+    def convert(self, value, param, ctx):
+        try:
+            q = int(value)
+        except (TypeError, ValueError):
+            q = None
+        if q not in QUALITIES:
+            self.fail(f"{value!r}: the quality is a whole number from {QUALITIES[0]} to {QUALITIES[-1]}", param, ctx)
+        return q
+
+
 QUALITY_HELP = f"quality level {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image)"
 PROGRESS_HELP = ("progress bar on stderr: over the files, or for one large file over its tiles "
                  "(default: when stderr is a terminal)")
@@ -423,7 +439,7 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
 @click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output", metavar="OUT", help="output file, for a single IN (default: IN with .aec; '-' for stdout)")
 @click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR (default: next to each IN)")
-@click.option("-q", "--quality", type=click.IntRange(QUALITIES[0], QUALITIES[-1]), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
+@click.option("-q", "--quality", type=_Quality(), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
 @click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
 @_max_pixels_option
 @click.option("--progress/--no-progress", default=None, help=PROGRESS_HELP)
@@ -487,6 +503,9 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:
         raise DataError(f"{inp}: {e}") from None
+    if fmt == "GIF":
+        say(f"aecodec: warning: {out}: GIF holds at most 256 colours (and 1-bit transparency); "
+            "the image is reduced to a palette (use .png to keep it as decoded)")
     icc = img.info.get("icc_profile")
     params = {}
     if icc:

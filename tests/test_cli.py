@@ -69,11 +69,20 @@ def test_no_overwrite_without_force(work):
     assert r.exit_code == 0 and (work / "photo.aec").read_bytes()[:4] == b"\x8aAEC"
 
 
-@pytest.mark.parametrize("q", ["0", "9", "999", "x"])
+@pytest.mark.parametrize("q", ["0", "9", "999", "x", "2.5"])
 def test_bad_quality_is_usage_error(work, q):
     r = run("compress", work / "photo.png", "-q", q)
     assert r.exit_code == 2
+    assert "the quality is a whole number from 1 to 8" in r.stderr, r.stderr
     assert not (work / "photo.aec").exists()
+
+
+def test_gif_output_warns_that_colours_are_reduced(work):
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    r = run("decompress", work / "photo.aec", "-o", work / "photo.gif")
+    assert r.exit_code == 0 and "reduced to a palette" in r.stderr, r.output
+    r = run("decompress", work / "photo.aec", "-o", work / "photo2.png")
+    assert "warning" not in r.stderr
 
 
 def test_bad_inputs_exit_1_no_output(work):
