@@ -370,6 +370,27 @@ class _Quality(click.ParamType):
         return q
 
 
+class _Size(click.ParamType):
+    """A file size: bytes, or with a unit (k/M: 1000s, KiB/MiB: 1024s; the B is optional)."""
+
+    name = "SIZE"
+    UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        import re
+
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
+        n = None
+        if m:
+            n = int(float(m.group(1)) * self.UNITS[(m.group(2) or "").lower()])
+        if not n or n < 1:
+            self.fail(f"{value!r}: a size is a positive number of bytes, optionally with a unit "
+                      "(80k, 1.5M, 100KiB)", param, ctx)
+        return n
+
+
 QUALITY_HELP = f"quality level {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image)"
 PROGRESS_HELP = ("progress bar on stderr: over the files, or for one large file over its tiles "
                  "(default: when stderr is a terminal)")
@@ -393,7 +414,8 @@ def main():
     """
 
 
-def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, max_pixels, say) -> None:
+def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, max_pixels, say,
+                  max_bytes: Optional[int] = None) -> None:
     import io
 
     import aecodec
@@ -425,13 +447,16 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
     for note in planes.notes:
         say(f"aecodec: warning: {inp}: {note}")
     try:
-        data = compress_planes(planes, quality, max_pixels=max_pixels)
+        data = compress_planes(planes, quality, max_pixels=max_pixels, max_bytes=max_bytes)
+    except aecodec.SizeError as e:
+        raise DataError(f"{inp}: cannot fit in {_human(max_bytes)}: {e}") from None
     except (aecodec.WeightsError, ValueError) as e:  # ImageError, FormatError are ValueErrors
         raise DataError(f"{inp}: {e}") from None
     _write_output(out, data, force)
     if not quiet:
         bpp = 8 * len(data) / (planes.width * planes.height)
-        say(f"{inp} -> {out}: {planes.width}x{planes.height} {planes.mode}, q{quality}, "
+        q = aecodec.info(data)["quality"]
+        say(f"{inp} -> {out}: {planes.width}x{planes.height} {planes.mode}, q{q}, "
             f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s")
 
 
@@ -440,21 +465,27 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
 @click.option("-o", "--output", metavar="OUT", help="output file, for a single IN (default: IN with .aec; '-' for stdout)")
 @click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR (default: next to each IN)")
 @click.option("-q", "--quality", type=_Quality(), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
+@click.option("--max-size", "max_size", type=_Size(), metavar="SIZE",
+              help="instead of -q: the best quality whose file is at most SIZE (e.g. 50000, 80k, 1.5M, "
+                   "100KiB); with -q, the best up to that level")
 @click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
 @_max_pixels_option
 @click.option("--progress/--no-progress", default=None, help=PROGRESS_HELP)
 @click.option("--quiet", is_flag=True, help="no summary line per file on stderr")
+@click.pass_context
 @_interruptible
-def compress(inputs, output: Optional[str], out_dir: Optional[str], quality: int, force: bool, max_pixels: int,
-             progress: Optional[bool], quiet: bool):
+def compress(ctx, inputs, output: Optional[str], out_dir: Optional[str], quality: int, max_size: Optional[int],
+             force: bool, max_pixels: int, progress: Optional[bool], quiet: bool):
     """Compress images (PNG, JPEG, WebP, TIFF, BMP, GIF, ...) to .aec files.
 
     IN may be '-' to read one image from stdin (output then defaults to
     stdout).  With several INs, a failure is reported and the others go on.
     """
     limit = _max_pixels(max_pixels)
+    if max_size is not None and ctx.get_parameter_source("quality") == click.core.ParameterSource.DEFAULT:
+        quality = QUALITIES[-1]  # --max-size alone: the best level that fits
     _run_batch("compress", inputs, output, out_dir, ".aec", progress,
-               lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say))
+               lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say, max_size))
 
 
 def _starts_with(p: Path, magic: bytes) -> bool:

@@ -8,7 +8,7 @@
 plugin, so ``PIL.Image.open("photo.aec")`` decodes .aec files.
 """
 
-from .api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES, compress, decompress, info
+from .api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES, SizeError, compress, compress_to_size, decompress, info
 from .format import FORMAT_VERSION, FormatError
 from .image import AecodecWarning, ImageError
 from .weights import WeightsError
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compress",
+    "compress_to_size",
     "decompress",
     "info",
     "QUALITIES",
@@ -27,6 +28,7 @@ __all__ = [
     "ImageError",
     "AecodecWarning",
     "WeightsError",
+    "SizeError",
     "__version__",
 ]
 

@@ -60,8 +60,16 @@ def _to_uint8(x_hat, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().numpy()
 
 
+class SizeError(ValueError):
+    """No quality level gives a file as small as asked (``compress_to_size``)."""
+
+
 def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Optional[str] = None,
-                    max_pixels: Optional[int] = MAX_PIXELS, tile: Optional[int] = None) -> bytes:
+                    max_pixels: Optional[int] = MAX_PIXELS, tile: Optional[int] = None,
+                    max_bytes: Optional[int] = None) -> bytes:
+    """The .aec bytes of ``planes`` at ``quality``; with ``max_bytes``, at the highest level up
+    to ``quality`` whose whole file fits (found by bisection, one analysis transform shared by
+    every level tried; file sizes grow with the level), or SizeError."""
     from . import coding, tiling
     from .weights import load_model
 
@@ -70,17 +78,64 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
     model = load_model(model_id)
     if q > model.levels:
         raise ValueError(f"model {model.model_id} has {model.levels} quality levels")
-    enc = coding.encode(model, _pad(planes.rgb), q - 1, tile or tiling.TILE)
-    chunks = [(b"ZSTR", enc.z_string), (b"YSTR", enc.y_string)]
-    if enc.guard:
-        chunks.append((b"YIDX", enc.guard))
+    tile = tile or tiling.TILE
+    padded = _pad(planes.rgb)
+    extra = _side_chunks(planes)
+    if max_bytes is None:
+        return _pack(model, planes, q, coding.encode(model, padded, q - 1, tile), extra)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    analysed = coding.analysis(model, padded, 1.0, tile)
+    sized = {}
+
+    def size_at(level: int) -> int:
+        if level not in sized:
+            sized[level] = _pack(model, planes, level, coding.encode(model, padded, level - 1, tile, analysed),
+                                 extra)
+        return len(sized[level])
+
+    lo, hi = 1, q  # the answer is the largest level in lo..hi that fits
+    if size_at(lo) > max_bytes:
+        raise SizeError(f"even quality 1 needs {size_at(lo)} bytes, over the {max_bytes} allowed")
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if size_at(mid) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return sized[lo]
+
+
+def _side_chunks(planes: Planes):
+    """The chunks that do not depend on the quality level: alpha plane, ICC profile."""
+    chunks = []
     if planes.alpha is not None:
         chunks.append((b"ALPH", zlib.compress(np.ascontiguousarray(planes.alpha).tobytes(), 9)))
     if planes.icc and len(planes.icc) <= MAX_ICC_BYTES:
         chunks.append((b"iCCP", zlib.compress(bytes(planes.icc), 9)))
+    return chunks
+
+
+def _pack(model, planes: Planes, q: int, enc, side_chunks) -> bytes:
+    chunks = [(b"ZSTR", enc.z_string), (b"YSTR", enc.y_string)]
+    if enc.guard:
+        chunks.append((b"YIDX", enc.guard))
+    chunks += side_chunks
     header = Header(model_id=model.model_id, quality=q, mode=planes.mode, width=planes.width,
                     height=planes.height, y_shape=enc.y_shape, z_shape=enc.z_shape)
     return pack(header, chunks)
+
+
+def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
+                     max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
+    """Compress at the highest quality level (up to ``max_quality``) whose .aec file, header
+    included, is at most ``max_bytes`` bytes.  The result is byte for byte what
+    ``compress(image, quality=aecodec.info(result)["quality"])`` gives.  Raises SizeError (a
+    ValueError) when even quality 1 is larger."""
+    check_quality(max_quality)
+    planes = to_planes(image)
+    warn_notes(planes)
+    return compress_planes(planes, max_quality, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
 def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = MAX_PIXELS) -> bytes:

@@ -209,13 +209,20 @@ def analysis(model, rgb_padded: np.ndarray, gain, tile: int = tiling.TILE):
     return y, n
 
 
-def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE) -> Encoded:
-    """Entropy-code one padded image (H x W x 3 uint8, multiples of 64) at level index ``level``."""
+def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, analysed=None) -> Encoded:
+    """Entropy-code one padded image (H x W x 3 uint8, multiples of 64) at level index ``level``.
+
+    ``analysed``: ``(g_a(x), tiles)`` from ``analysis(model, rgb_padded, 1.0)``, to code one
+    image at several levels with one analysis (the level's gain multiplies it exactly as here).
+    """
     torch = _torch()
     if not 0 <= level < model.levels:
         raise ValueError(f"level index {level} out of range 0..{model.levels - 1}")
     g, _ = _gains(model, level)
-    y, n_tiles = analysis(model, rgb_padded, g, tile)
+    if analysed is None:
+        y, n_tiles = analysis(model, rgb_padded, g, tile)
+    else:
+        y, n_tiles = analysed[0] * g, analysed[1]
     eb, gc = model.entropy_bottleneck, model.gaussian_conditional
     with torch.no_grad():
         z = model.h_a(y)

@@ -135,3 +135,21 @@ def test_pixel_counts_in_words():
     data = aecodec.compress(np.zeros((40, 30, 3), np.uint8), quality=1)
     with pytest.raises(aecodec.FormatError, match=r"\(1200 pixels\), over the decoder's limit of 1000 pixels"):
         aecodec.decompress(data, max_pixels=1000)
+
+
+def test_compress_to_size_picks_the_best_level_that_fits(photo_crops):
+    img = photo_crops[0][:128, :192]
+    sizes = {q: len(aecodec.compress(img, quality=q)) for q in aecodec.QUALITIES}
+    assert all(sizes[q] < sizes[q + 1] for q in aecodec.QUALITIES[:-1])  # what the bisection relies on
+    for q in (1, 4, 7):
+        budget = (sizes[q] + sizes[q + 1]) // 2
+        data = aecodec.compress_to_size(img, budget)
+        assert aecodec.info(data)["quality"] == q and len(data) <= budget
+        assert data == aecodec.compress(img, quality=q)  # byte for byte the plain file
+    assert aecodec.info(aecodec.compress_to_size(img, sizes[8]))["quality"] == 8
+    assert aecodec.info(aecodec.compress_to_size(img, sizes[8], max_quality=5))["quality"] == 5
+    with pytest.raises(aecodec.SizeError, match=f"even quality 1 needs {sizes[1]} bytes"):
+        aecodec.compress_to_size(img, sizes[1] - 1)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="max_bytes"):
+            aecodec.compress_to_size(img, bad)

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -422,3 +423,32 @@ def test_one_large_file_reports_progress_over_tiles(tmp_path, monkeypatch):
     assert calls == [("analysis", 1, 4), ("analysis", 2, 4), ("analysis", 3, 4), ("analysis", 4, 4)]
     assert not cli._Batch(1, False, "compress").tile_bars
     assert not cli._Batch(3, True, "compress").tile_bars
+
+
+def test_max_size_picks_the_quality(work):
+    import aecodec
+
+    img = np.asarray(Image.open(work / "photo.png"))
+    sizes = {q: len(aecodec.compress(img, quality=q)) for q in (2, 3, 4, 5, 8)}
+    r = run("compress", work / "photo.png", "--max-size", str(sizes[3] + 1), "-o", work / "a.aec")
+    assert r.exit_code == 0 and ", q3, " in r.stderr, r.output
+    assert (work / "a.aec").read_bytes() == aecodec.compress(img, quality=3)
+    r = run("compress", work / "photo.png", "--max-size", "10M", "-o", work / "b.aec")  # alone: up to 8
+    assert r.exit_code == 0 and aecodec.info((work / "b.aec").read_bytes())["quality"] == 8
+    r = run("compress", work / "photo.png", "--max-size", "10M", "-q", "2", "-o", work / "c.aec")  # -q caps
+    assert r.exit_code == 0 and aecodec.info((work / "c.aec").read_bytes())["quality"] == 2
+    r = run("compress", work / "photo.png", "--max-size", "100", "-o", work / "d.aec")
+    assert r.exit_code == 1 and "even quality 1 needs" in r.stderr and not (work / "d.aec").exists(), r.output
+    r = run("compress", work / "photo.png", "--max-size", "lots", "-o", work / "e.aec")
+    assert r.exit_code == 2 and "a size is" in r.stderr and not (work / "e.aec").exists()
+
+
+def test_sizes_with_units():
+    from aecodec.cli import _Size
+
+    conv = _Size().convert
+    assert [conv(v, None, None) for v in ("50000", "80k", "80kB", "1.5M", "100KiB", "2MiB", " 3 k ")] == \
+        [50000, 80000, 80000, 1500000, 102400, 2 * 2**20, 3000]
+    for bad in ("", "k", "-5", "0", "0.0001k", "5 kilobytes", "1e6"):
+        with pytest.raises(click.exceptions.BadParameter):
+            conv(bad, None, None)
