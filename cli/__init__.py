@@ -62,13 +62,13 @@ def _print_version(ctx, _param, value):
 def _is_special(path: str) -> bool:
     """An existing output that is not a regular file (/dev/null, a named pipe): written
     straight into, not replaced by a rename (which would replace the device node)."""
-    try:
-        import stat
+    import stat
 
+    try:
         m = os.stat(path).st_mode
     except OSError:
         return False
-    return not stat.S_ISREG(m) and not stat.S_ISDIR(m)
+    return stat.S_ISCHR(m) or stat.S_ISFIFO(m) or stat.S_ISSOCK(m)  # not a block device: -f applies there
 
 
 def _refuse_terminal(inp: str, out: str, what: str) -> None:
@@ -121,6 +121,8 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
                 sys.stdout.buffer.flush()
             else:
                 with open(out, "wb") as f:
+                    if f.isatty():  # -o /dev/tty
+                        raise UsageProblem(f"{out}: refusing to write binary data to a terminal")
                     f.write(data)
         except OSError as e:
             if out == "-":  # nothing more can reach stdout: keep Python's exit from complaining too
@@ -214,6 +216,7 @@ class _Batch:
         self.code = 0
 
     def say(self, msg: str) -> None:
+        self._close_tiles()  # a line printed under an open bar would be garbled
         if self.bar.disable:
             click.echo(msg, err=True)
         else:
@@ -222,7 +225,7 @@ class _Batch:
     def _on_tile(self, what: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
-        if self._tiles is None or self._tiles.desc != what:
+        if self._tiles is None or self._tiles.desc != what or done < self._tiles.n:
             self._close_tiles()
             self._tiles = tqdm(total=total, unit="tile", desc=what, file=sys.stderr, dynamic_ncols=True,
                                leave=False)
@@ -380,11 +383,13 @@ class _Size(click.ParamType):
         if isinstance(value, int):
             return value
         import re
+        from decimal import Decimal
 
         m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
         n = None
         if m:
-            n = int(float(m.group(1)) * self.UNITS[(m.group(2) or "").lower()])
+            exact = Decimal(m.group(1)) * self.UNITS[(m.group(2) or "").lower()]
+            n = int(exact) if exact == exact.to_integral_value() else None  # whole bytes only
         if not n or n < 1:
             self.fail(f"{value!r}: a size is a positive number of bytes, optionally with a unit "
                       "(80k, 1.5M, 100KiB)", param, ctx)
@@ -506,6 +511,9 @@ def _image_format_for(path: str) -> str:
     Image.init()
     ext = Path(path).suffix.lower()
     fmt = Image.EXTENSION.get(ext)
+    if fmt == "AEC":
+        raise UsageProblem(f"{path}: decompress writes an image (.png, .webp, ...); to re-encode an image "
+                           "as .aec, use compress")
     if fmt is None or fmt not in Image.SAVE:
         raise UsageProblem(f"{path}: cannot tell an image format to write from {ext or 'no extension'!r} "
                            f"(use e.g. .png, .bmp, .tiff, .webp)")

@@ -59,8 +59,8 @@ def _floats(spec: str, what: str) -> Tuple[float, ...]:
               help="measured anchors to check agreement with (default: ../anchors/<dataset>-measured)")
 @click.option("--no-reference", is_flag=True, help="no published curves, no agreement check")
 @click.option("--readme", metavar="FILE",
-              help="a README whose bench-results section to refresh (default: OUT/../README.md, if its "
-                   "section is empty or already shows OUT)")
+              help="a README whose bench-results section to refresh (default: OUT/../README.md, unless its "
+                   "section shows another folder's results)")
 @click.option("--report-only", is_flag=True, help="measure nothing: rebuild every output from the stored points")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int], points: Optional[int],

@@ -68,8 +68,9 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
                     max_pixels: Optional[int] = MAX_PIXELS, tile: Optional[int] = None,
                     max_bytes: Optional[int] = None) -> bytes:
     """The .aec bytes of ``planes`` at ``quality``; with ``max_bytes``, at the highest level up
-    to ``quality`` whose whole file fits (found by bisection, one analysis transform shared by
-    every level tried; file sizes grow with the level), or SizeError."""
+    to ``quality`` whose whole file fits, or SizeError.  The levels are tried from ``quality``
+    down (file sizes nearly always grow with the level, but not on tiny flat images, so no
+    bisection), sharing one analysis transform."""
     from . import coding, tiling
     from .weights import load_model
 
@@ -86,24 +87,13 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     analysed = coding.analysis(model, padded, 1.0, tile)
-    sized = {}
-
-    def size_at(level: int) -> int:
-        if level not in sized:
-            sized[level] = _pack(model, planes, level, coding.encode(model, padded, level - 1, tile, analysed),
-                                 extra)
-        return len(sized[level])
-
-    lo, hi = 1, q  # the answer is the largest level in lo..hi that fits
-    if size_at(lo) > max_bytes:
-        raise SizeError(f"even quality 1 needs {size_at(lo)} bytes, over the {max_bytes} allowed")
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if size_at(mid) <= max_bytes:
-            lo = mid
-        else:
-            hi = mid - 1
-    return sized[lo]
+    smallest = None
+    for level in range(q, 0, -1):
+        data = _pack(model, planes, level, coding.encode(model, padded, level - 1, tile, analysed), extra)
+        if len(data) <= max_bytes:
+            return data
+        smallest = len(data) if smallest is None else min(smallest, len(data))
+    raise SizeError(f"even the smallest file (quality 1..{q}) needs {smallest} bytes, over the {max_bytes} allowed")
 
 
 def _side_chunks(planes: Planes):

@@ -1590,7 +1590,7 @@ def _update_readme(cfg: BenchConfig, out: Path, bd_psnr_md: str, plots: Dict, lo
     """Replace the section between the bench-results markers of a README, if it has them.
 
     A README named with ``--readme`` is always refreshed.  The default one (OUT/../README.md)
-    only when its section is empty or already shows this OUT: a quick run into another
+    only when its section links no other folder's RESULTS.md: a quick run into another
     folder beside the published results must not replace them."""
     path = cfg.readme
     explicit = path is not None

@@ -61,18 +61,29 @@ class Planes:
 
 
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    return to_8bit_noted(arr)[0]
+
+
+def to_8bit_noted(arr: np.ndarray):
+    """(uint8 array, what was done to the values in words, or None when nothing changed)."""
     if arr.dtype == np.uint8:
-        return arr
+        return arr, None
     if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
+        return arr.astype(np.uint8) * 255, None
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        return np.clip((arr * scale).round(), 0, 255).astype(np.uint8)
-    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
+        unit = arr.max(initial=0) <= 1.0
+        out = np.clip((arr * (255.0 if unit else 1.0)).round(), 0, 255).astype(np.uint8)
+        return out, f"floating-point samples read as {'0..1' if unit else '0..255'} and rounded to 8 bits"
+    hi, lo = arr.max(initial=0), arr.min(initial=0)
+    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and hi > 255):
         # 16-bit samples: the nearest 8-bit level (v / 257 maps 65535 to 255 exactly).
-        return np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+        out = np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
+        return out, (f"{arr.dtype} samples read as 16-bit (0..65535) and reduced to 8 bits"
+                     + ("; pass uint8 for 0..255 data" if hi <= 255 else ""))
+    if lo < 0:
+        return np.clip(arr, 0, 255).astype(np.uint8), "negative samples clipped to 0"
+    return arr.astype(np.uint8), None  # integers already within 0..255
 
 
 def _grey(g: np.ndarray) -> np.ndarray:
@@ -159,31 +170,18 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB", icc, notes)
 
 
-def _array_note(arr: np.ndarray) -> List[str]:
-    """What ``_to_8bit`` did to a non-uint8 array, in words (reported as a warning)."""
-    k = arr.dtype
-    if k == np.uint8 or k == np.bool_:
-        return []
-    if k.kind == "f":
-        return [f"{k} samples read as {'0..1' if np.nan_to_num(arr.astype(np.float64)).max(initial=0) <= 1.0 else '0..255'} "
-                "and rounded to 8 bits"]
-    if k == np.uint16 or (k.kind in "iu" and arr.max(initial=0) > 255):
-        return [f"{k} samples read as 16-bit (0..65535) and reduced to 8 bits; pass uint8 for 0..255 data"]
-    return [f"{k} samples clipped to 0..255"]
-
-
 def planes_from_array(arr: np.ndarray) -> Planes:
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"expected an array of numbers, got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        return Planes(_grey(_to_8bit(arr)), None, "L", None, _array_note(arr))
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        a = _to_8bit(arr)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)):
+        a, note = to_8bit_noted(arr)
+        notes = [note] if note else []
+        if a.ndim == 2:
+            return Planes(_grey(a), None, "L", None, notes)
         if a.shape[2] == 4:
-            return Planes(np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3]), "RGBA", None,
-                          _array_note(arr))
-        return Planes(np.ascontiguousarray(a), None, "RGB", None, _array_note(arr))
+            return Planes(np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3]), "RGBA", None, notes)
+        return Planes(np.ascontiguousarray(a), None, "RGB", None, notes)
     raise ImageError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
 
 

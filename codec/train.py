@@ -885,7 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
     class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         def _get_help_string(self, action):  # "(default: X)" only where the help does not say it already
             h = action.help or ""
-            if "default" in h or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            if "default" in h or action.default is None or action.default is False \
+                    or action.default is argparse.SUPPRESS:
                 return h
             return super()._get_help_string(action)
 

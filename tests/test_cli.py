@@ -326,18 +326,65 @@ def test_an_aec_file_given_to_compress_is_refused(work):
     assert r.exit_code == 2 and "already an .aec file" in r.stderr and not r.stdout_bytes
 
 
-def test_device_outputs_are_written_into_not_replaced(work):
+def test_pipe_and_device_outputs_are_written_into_not_replaced(work):
     import os
     import stat
+    import threading
 
-    if not os.path.exists(os.devnull) or os.name != "posix":
-        pytest.skip("needs /dev/null")
-    r = run("compress", work / "photo.png", "-q", "1", "-o", os.devnull)  # no -f needed: nothing is overwritten
-    assert r.exit_code == 0, r.output
-    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
-    r = run("decompress", work / "photo.aec", "-o", os.devnull)  # no extension: PNG
-    assert r.exit_code == 0, r.output
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not a file renamed over it
+    import aecodec
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs named pipes")
+    pipe = work / "pipe"
+    os.mkfifo(pipe)
+
+    def through_pipe(*args):
+        got = {}
+        reader = threading.Thread(target=lambda: got.setdefault("data", pipe.read_bytes()))
+        reader.start()
+        r = run(*args, "-o", pipe)  # no -f and no extension needed: nothing is overwritten
+        reader.join(60)
+        return r, got.get("data")
+
+    r, data = through_pipe("compress", work / "photo.png", "-q", "1")
+    assert r.exit_code == 0 and data == aecodec.compress(np.asarray(Image.open(work / "photo.png")), quality=1)
+    (work / "x.aec").write_bytes(data)
+    r, png = through_pipe("decompress", work / "x.aec")  # a pipe without an extension gets PNG
+    assert r.exit_code == 0 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)  # still the pipe, not a file renamed over it
+    assert run("compress", work / "photo.png", "-q", "1", "-o", os.devnull).exit_code == 0
+
+
+def test_a_terminal_named_as_output_is_refused(work):
+    import os
+
+    if not hasattr(os, "openpty"):
+        pytest.skip("needs a pseudo-terminal")
+    master, slave = os.openpty()
+    try:
+        r = run("compress", work / "photo.png", "-q", "1", "-o", os.ttyname(slave))
+        assert r.exit_code == 2 and "to a terminal" in r.stderr, r.output
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_decompress_does_not_write_aec(work):
+    assert run("compress", work / "photo.png", "-q", "2").exit_code == 0
+    r = run("decompress", work / "photo.aec", "-o", work / "again.aec")
+    assert r.exit_code == 2 and "use compress" in r.stderr and not (work / "again.aec").exists(), r.output
+
+
+def test_messages_close_the_tile_bar_first():
+    from aecodec import cli
+
+    b = cli._Batch(1, True, "compress")
+    b._on_tile("synthesis", 3, 4)
+    assert b._tiles is not None and b._tiles.n == 3
+    b._on_tile("synthesis", 1, 4)  # the same stage again (another level tried): a new bar
+    assert b._tiles.n == 1
+    b.say("a summary line")
+    assert b._tiles is None
 
 
 def test_misnamed_output_targets(work):
@@ -438,7 +485,7 @@ def test_max_size_picks_the_quality(work):
     r = run("compress", work / "photo.png", "--max-size", "10M", "-q", "2", "-o", work / "c.aec")  # -q caps
     assert r.exit_code == 0 and aecodec.info((work / "c.aec").read_bytes())["quality"] == 2
     r = run("compress", work / "photo.png", "--max-size", "100", "-o", work / "d.aec")
-    assert r.exit_code == 1 and "even quality 1 needs" in r.stderr and not (work / "d.aec").exists(), r.output
+    assert r.exit_code == 1 and "cannot fit in 100 B" in r.stderr and not (work / "d.aec").exists(), r.output
     r = run("compress", work / "photo.png", "--max-size", "lots", "-o", work / "e.aec")
     assert r.exit_code == 2 and "a size is" in r.stderr and not (work / "e.aec").exists()
 
@@ -447,8 +494,9 @@ def test_sizes_with_units():
     from aecodec.cli import _Size
 
     conv = _Size().convert
-    assert [conv(v, None, None) for v in ("50000", "80k", "80kB", "1.5M", "100KiB", "2MiB", " 3 k ")] == \
-        [50000, 80000, 80000, 1500000, 102400, 2 * 2**20, 3000]
-    for bad in ("", "k", "-5", "0", "0.0001k", "5 kilobytes", "1e6"):
+    assert [conv(v, None, None) for v in ("50000", "80k", "80kB", "1.5M", "100KiB", "2MiB", " 3 k ", "1.001k",
+                                          "1.003M")] == [50000, 80000, 80000, 1500000, 102400, 2 * 2**20, 3000, 1001,
+                                                         1003000]
+    for bad in ("", "k", "-5", "0", "0.0001k", "5 kilobytes", "1e6", "2.5", "1.0001k"):
         with pytest.raises(click.exceptions.BadParameter):
             conv(bad, None, None)

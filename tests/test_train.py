@@ -613,4 +613,4 @@ def test_bad_data_is_one_line_exit_1(data_dir, tmp_path, capsys):
 def test_help_states_each_default_once():
     h = build_parser().format_help()
     assert "(default: None)" not in h and "kept in the checkpoint) (default" not in h
-    assert "(default: 4)" in h  # --batch: said by the formatter
+    assert "(default: 4)" in h and "(default: 0)" in h  # --batch, --seed: said by the formatter
