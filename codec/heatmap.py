@@ -90,10 +90,10 @@ def draw_heatmap(aec_bytes: bytes, out_png_path) -> Dict:
     panel_w, panel_h = figure_panel(w, h)
     fig, axes = plt.subplots(1, 2, figsize=(2 * max(panel_w, 3.0) + 1.2, panel_h + 1.0), dpi=100,
                              gridspec_kw={"width_ratios": [1, 1.08]})
-    axes[0].imshow(rgb, interpolation="nearest", aspect="auto" if max(w, h) > 8 * min(w, h) else "equal")
+    aspect = "auto" if max(w, h) > 8 * min(w, h) else "equal"  # a sliver of an image fills its panel
+    axes[0].imshow(rgb, interpolation="nearest", aspect=aspect)
     axes[0].set_title("decoded image", fontsize=10)
-    im = axes[1].imshow(bpp, cmap="magma", interpolation="nearest", vmin=0,
-                        aspect="auto" if max(w, h) > 8 * min(w, h) else "equal")
+    im = axes[1].imshow(bpp, cmap="magma", interpolation="nearest", vmin=0, aspect=aspect)
     axes[1].set_title("bits per pixel spent on each region", fontsize=10)
     cb = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03)
     cb.set_label("bits per pixel")
