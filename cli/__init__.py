@@ -520,14 +520,12 @@ def _image_format_for(path: str) -> str:
     return fmt
 
 
-# Formats whose Pillow writer stores an ICC profile.
-_ICC_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL", "JPEG2000"}
-
-
-def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, precision: str, say) -> None:
+def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, precision: str,
+                    image_quality: Optional[int], say) -> None:
     import io
 
     import aecodec
+    from aecodec.image import ImageError, save_plan
 
     fmt = _image_format_for(out)
     _refuse_terminal(inp, out, ".aec data")
@@ -535,31 +533,32 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
     raw = _read_input(inp)
     t0 = time.time()
     try:
-        if fmt == "JPEG" and aecodec.info(raw)["mode"] in ("LA", "RGBA"):  # before the decode, not after
-            raise UsageProblem(f"{out}: JPEG cannot hold the alpha channel; use .png")
+        head = aecodec.info(raw)
+        try:  # from the header, before the decode: a format that cannot hold the image is refused
+            plan = save_plan(fmt, head["mode"], bool(head.get("icc_profile_bytes")), image_quality)
+        except ImageError as e:
+            raise UsageProblem(f"{out}: {e}") from None
         img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:
         raise DataError(f"{inp}: {e}") from None
-    if fmt == "GIF":
-        say(f"aecodec: warning: {out}: GIF holds at most 256 colours (and 1-bit transparency); "
-            "the image is reduced to a palette (use .png to keep it as decoded)")
-    icc = img.info.get("icc_profile")
-    params = {}
-    if icc:
-        if fmt in _ICC_FORMATS:
-            params["icc_profile"] = icc
-        else:
-            say(f"aecodec: warning: {inp}: {fmt} cannot hold the image's ICC profile; it is not saved")
+    for w in plan.warnings:
+        say(f"aecodec: warning: {out}: {w}")
+    params = dict(plan.params)
+    if "icc_profile" in params:
+        params["icc_profile"] = img.info.get("icc_profile")
+        if not params["icc_profile"]:
+            del params["icc_profile"]
     buf = io.BytesIO()
     try:
         img.save(buf, format=fmt, **params)
     except (OSError, ValueError, KeyError) as e:
-        raise UsageProblem(f"{out}: cannot save a {img.mode} image as {fmt} ({e})") from None
+        raise UsageProblem(f"{out}: cannot write the {img.mode} image as {fmt} ({e})") from None
     _write_output(out, buf.getvalue(), force)
     if not quiet:
-        say(f"{inp} -> {out}: {img.width}x{img.height} {img.mode}, {time.time() - t0:.2f} s")
+        lossy = f", {fmt} quality {plan.lossy} (lossy)" if plan.lossy else ""
+        say(f"{inp} -> {out}: {img.width}x{img.height} {img.mode}{lossy}, {time.time() - t0:.2f} s")
 
 
 @main.command()
@@ -569,6 +568,9 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
 @click.option("-d", "--out-dir", metavar="DIR", help="write the outputs (PNG) into DIR (default: next to each IN)")
 @click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
 @_max_pixels_option
+@click.option("--image-quality", "image_quality", type=click.IntRange(1, 100), metavar="Q",
+              help="quality of a lossy OUT format (.jpg, .webp, .avif, .heic, .jxl): a second loss on top "
+                   "of aecodec's  [default: 95]")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="arithmetic of the synthesis transform: float64 makes the pixels independent of the "
                    "machine's convolution kernels, about 3x slower")
@@ -576,14 +578,14 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
 @click.option("--quiet", is_flag=True, help="no summary line per file on stderr")
 @_interruptible
 def decompress(inputs, output: Optional[str], out_dir: Optional[str], force: bool, max_pixels: int,
-               precision: str, progress: Optional[bool], quiet: bool):
+               image_quality: Optional[int], precision: str, progress: Optional[bool], quiet: bool):
     """Decompress .aec files to images (PNG unless OUT says otherwise).
 
     With several INs, a failure is reported and the others go on.
     """
     limit = _max_pixels(max_pixels)
     _run_batch("decompress", inputs, output, out_dir, ".png", progress,
-               lambda inp, out, say: _decompress_one(inp, out, force, quiet, limit, precision, say))
+               lambda inp, out, say: _decompress_one(inp, out, force, quiet, limit, precision, image_quality, say))
 
 
 @main.command()
@@ -612,6 +614,10 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
     if heatmap is not None:
         import io
 
+        try:
+            import matplotlib  # noqa: F401  (an optional dependency: the bench and train extras have it)
+        except ImportError:
+            raise DataError("--heatmap needs matplotlib: pip install matplotlib (or aecodec[bench])") from None
         from aecodec.heatmap import draw_heatmap
 
         buf = io.BytesIO()
@@ -647,8 +653,9 @@ def train(ctx):
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--register/--no-register", default=True, show_default=True,
-              help="add the weights to the manifest next to OUT and make them the default")
+@click.option("--register/--no-register", default=False, show_default=True,
+              help="also add the weights to the manifest next to OUT and make them the default model "
+                   "(a release does this with tools/release.py ship, after its checks: docs/RELEASE.md)")
 @click.option("--weights", "which", type=click.Choice(list(EXPORT_WEIGHTS)), default="auto", show_default=True,
               help="the weights' moving average or the raw weights; auto: what best.pt's validation "
                    "preferred, else the average")
@@ -658,6 +665,9 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
     _check_output(out, force, other_name=" or name another file")
+    if not _starts_with(Path(checkpoint), b"PK\x03\x04"):  # torch.save writes a zip archive
+        raise DataError(f"{checkpoint}: not a training checkpoint (aecodec train writes last.pt and best.pt "
+                        "in its run directory)")
     from aecodec.export import export_checkpoint
 
     try:

@@ -290,3 +290,61 @@ def planes_to_pil(rgb: np.ndarray, alpha: Optional[np.ndarray], mode: str, icc: 
     if icc:
         im.info["icc_profile"] = icc
     return im
+
+
+# -- writing a decoded image in another format ---------------------------------
+
+# Lossy formats Pillow writes, and the quality keyword each takes (1..100).
+LOSSY_OUTPUTS = {"JPEG": "quality", "WEBP": "quality", "AVIF": "quality", "HEIF": "quality", "JXL": "quality"}
+DEFAULT_OUTPUT_QUALITY = 95  # a second lossy step should cost little
+# Formats whose Pillow writer stores an ICC profile (JPEG 2000, BMP, GIF do not).
+ICC_OUTPUTS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL"}
+# Formats that keep an alpha channel as decoded (BMP's 32-bit variant is read back as RGB by
+# Pillow and most viewers; GIF has one transparent palette entry at most).
+ALPHA_OUTPUTS = {"PNG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL", "JPEG2000", "QOI"}
+
+
+@dataclass
+class SavePlan:
+    """How a decoded image is written as ``fmt``: Pillow's save keywords and the warnings to give."""
+
+    fmt: str
+    params: dict
+    warnings: List[str]
+    lossy: Optional[int] = None  # the quality of a lossy format
+
+
+def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = None) -> SavePlan:
+    """Decide, before decoding, how an image of ``mode`` (L, LA, RGB, RGBA) is written as
+    Pillow format ``fmt``.  Raises ImageError when the format cannot hold the image
+    (alpha in JPEG or BMP, a mode Pillow cannot write in that format), so that nothing
+    is decoded in vain and no partial file is written."""
+    alpha = mode in ("LA", "RGBA")
+    if alpha and fmt != "GIF" and fmt not in ALPHA_OUTPUTS:
+        raise ImageError(f"{fmt} cannot hold the alpha channel; use .png (or .webp, .tiff)")
+    try:  # can Pillow write the mode in this format at all? (a small image, in memory)
+        import io
+
+        Image.new(mode, (32, 32)).save(io.BytesIO(), format=fmt)
+    except Exception as e:  # noqa: BLE001  (Pillow's writers raise many kinds)
+        raise ImageError(f"{fmt} cannot hold a {mode} image ({_one_line(e)}); use .png") from None
+    params, notes = {}, []
+    q = None
+    if fmt in LOSSY_OUTPUTS:
+        q = DEFAULT_OUTPUT_QUALITY if quality is None else int(quality)
+        if not 1 <= q <= 100:
+            raise ValueError(f"output quality {q} is not in 1..100")
+        params[LOSSY_OUTPUTS[fmt]] = q
+        if fmt == "JPEG":
+            params["subsampling"] = 0  # 4:4:4: the decoded colours are not halved again
+    if fmt == "GIF":
+        notes.append("GIF holds at most 256 colours and no partial transparency: the image is reduced to "
+                     "a palette" + (" and its alpha channel may be lost" if alpha else "")
+                     + " (use .png to keep it as decoded)")
+    if icc:
+        if fmt in ICC_OUTPUTS:
+            params["icc_profile"] = True  # the caller puts the profile's bytes here
+        else:
+            notes.append(f"{fmt} cannot hold the image's ICC profile; it is not saved")
+    return SavePlan(fmt, params, notes, q)
+

@@ -450,6 +450,60 @@ def test_jpeg_output_of_an_alpha_file_is_refused_before_decoding(work, monkeypat
     monkeypatch.setattr(aecodec, "decompress", no_decode)
     r = run("decompress", work / "a.aec", "-o", work / "a.jpg")
     assert r.exit_code == 2 and "alpha" in r.stderr and not (work / "a.jpg").exists(), r.output
+    # BMP: Pillow writes a 32-bit BMP that it and most viewers read back without alpha
+    r = run("decompress", work / "a.aec", "-o", work / "a.bmp")
+    assert r.exit_code == 2 and "BMP cannot hold the alpha channel" in r.stderr, r.output
+    assert not (work / "a.bmp").exists()
+
+
+def test_alpha_and_icc_outputs_keep_them_or_say_so(work):
+    from PIL import ImageCms
+
+    rgb = np.asarray(Image.open(work / "photo.png"))
+    alpha = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))  # partial transparency
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(np.dstack([rgb, alpha])).save(work / "a.png", icc_profile=icc)
+    assert run("compress", work / "a.png", "-q", "1").exit_code == 0
+    for ext in (".png", ".webp", ".tiff"):  # these hold both
+        r = run("decompress", work / "a.aec", "-o", work / f"a2{ext}")
+        assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+        im = Image.open(work / f"a2{ext}")
+        assert im.mode == "RGBA" and im.info.get("icc_profile") == icc
+    r = run("decompress", work / "a.aec", "-o", work / "a.gif")
+    assert r.exit_code == 0 and "alpha channel may be lost" in r.stderr, r.output
+    r = run("decompress", work / "a.aec", "-o", work / "a.jp2")  # holds alpha, not the profile
+    assert r.exit_code == 0 and "cannot hold the image's ICC profile" in r.stderr, r.output
+    Image.fromarray(np.dstack([rgb[:, :, 0], alpha])).save(work / "la.png")
+    assert run("compress", work / "la.png", "-q", "1").exit_code == 0
+    r = run("decompress", work / "la.aec", "-o", work / "la.ppm")
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "alpha" in r.stderr, r.output
+
+
+def test_lossy_outputs_say_so_and_take_a_quality(work):
+    assert run("compress", work / "photo.png", "-q", "8").exit_code == 0
+    assert run("decompress", work / "photo.aec", "-o", work / "exact.png").exit_code == 0
+    r = run("decompress", work / "photo.aec", "-o", work / "hi.jpg")
+    assert r.exit_code == 0 and "JPEG quality 95 (lossy)" in r.stderr, r.output
+    r = run("decompress", work / "photo.aec", "-o", work / "lo.jpg", "--image-quality", "30")
+    assert r.exit_code == 0 and "JPEG quality 30 (lossy)" in r.stderr, r.output
+    exact = Image.open(work / "exact.png")
+    hi, lo = Image.open(work / "hi.jpg"), Image.open(work / "lo.jpg")
+    assert (work / "lo.jpg").stat().st_size < (work / "hi.jpg").stat().st_size
+    assert psnr(exact, hi) > psnr(exact, lo) and psnr(exact, hi) > 40
+    r = run("decompress", work / "photo.aec", "-o", work / "x.png")  # lossless: no quality named
+    assert "(lossy)" not in r.stderr
+    r = run("decompress", work / "photo.aec", "-o", work / "bad.jpg", "--image-quality", "0")
+    assert r.exit_code == 2 and not (work / "bad.jpg").exists()
+
+
+def test_heatmap_without_matplotlib_is_one_line(work, monkeypatch):
+    import sys
+
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    r = run("info", work / "photo.aec", "--heatmap", work / "h.png")
+    assert r.exit_code == 1 and "needs matplotlib" in r.stderr and len(r.stderr.splitlines()) == 1, r.output
+    assert not (work / "h.png").exists()
 
 
 def test_one_large_file_reports_progress_over_tiles(tmp_path, monkeypatch):

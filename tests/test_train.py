@@ -369,6 +369,17 @@ def test_export_command_chooses_the_weights(data_dir, tmp_path):
                                   "--no-register", "--weights", "ema"])
     assert r.exit_code == 1 and "no moving average" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "w" / "e.safetensors").exists()
+    # export registers nothing unless asked: a release goes through tools/release.py ship
+    r = CliRunner().invoke(main, ["export", ckpt, str(tmp_path / "w" / "d.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert not (out.parent / "manifest.json").exists()
+    r = CliRunner().invoke(main, ["export", ckpt, str(tmp_path / "w" / "r.safetensors"), "--register"])
+    assert r.exit_code == 0, r.output
+    assert W.read_manifest(out.parent)["default"] == W.read_metadata(tmp_path / "w" / "r.safetensors")["model_id"]
+    # a file that is not a checkpoint at all: one line naming it, exit 1
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "photo.png"), str(tmp_path / "w" / "p.safetensors")])
+    assert r.exit_code == 1 and "not a training checkpoint" in r.output and len(r.output.splitlines()) == 1, r.output
 
 
 # -- the device-side crop sampler (what a GPU run uses) and the batch probe -----------------------------
