@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .format import Container, FormatError, Header, pack, unpack
-from .image import Planes, check_size, pixels_in_words, planes_to_pil, to_planes, warn_notes
+from .image import Planes, check_size, pixel_limit, pixels_in_words, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_QUALITY = 6
@@ -71,6 +71,7 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
     to ``quality`` whose whole file fits, or SizeError.  The levels are tried from ``quality``
     down (file sizes nearly always grow with the level, but not on tiny flat images, so no
     bisection), sharing one analysis transform."""
+    max_pixels = pixel_limit(max_pixels)
     from . import coding, tiling
     from .weights import load_model
 
@@ -122,6 +123,7 @@ def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
     included, is at most ``max_bytes`` bytes.  The result is byte for byte what
     ``compress(image, quality=aecodec.info(result)["quality"])`` gives.  Raises SizeError (a
     ValueError) when even quality 1 is larger."""
+    max_pixels = pixel_limit(max_pixels)
     check_quality(max_quality)
     planes = to_planes(image)
     warn_notes(planes)
@@ -132,10 +134,11 @@ def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = 
     """Compress a PIL.Image or an HxW / HxWx3 / HxWx4 uint8 array to .aec bytes.
 
     Raises ValueError for a quality outside ``QUALITIES`` and ImageError (a
-    ValueError) for an image over ``max_pixels`` (None: no limit) or one the
+    ValueError) for an image over ``max_pixels`` (None or 0: no limit) or one the
     format cannot hold.  What was changed on the way in (16-bit samples,
     animation, CMYK) is reported as an ``AecodecWarning``.
     """
+    max_pixels = pixel_limit(max_pixels)
     check_quality(quality)
     planes = to_planes(image)
     warn_notes(planes)
@@ -143,6 +146,7 @@ def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = 
 
 
 def _check_container(c: Container, max_pixels: Optional[int]) -> None:
+    max_pixels = pixel_limit(max_pixels)
     h = c.header
     if max_pixels is not None and h.width * h.height > max_pixels:
         raise FormatError(f"image is {h.width}x{h.height} ({pixels_in_words(h.width * h.height)}), over the "
@@ -178,6 +182,7 @@ def decode_icc(c: Container) -> Optional[bytes]:
 def decode_container(c: Container, max_pixels: Optional[int] = MAX_PIXELS, precision: str = "float32",
                      tile: Optional[int] = None):
     """Decode a parsed container to (rgb uint8 HxWx3, alpha or None)."""
+    max_pixels = pixel_limit(max_pixels)
     from . import coding, tiling
     from .weights import load_model
 
@@ -203,12 +208,13 @@ def decompress(data: bytes, max_pixels: Optional[int] = MAX_PIXELS, precision: s
     """Decode .aec bytes to a PIL.Image (mode L, LA, RGB or RGBA as the original).
 
     ``max_pixels`` refuses files that claim more pixels before anything is
-    allocated (None: no limit).  ``precision="float64"`` runs the synthesis
+    allocated (None or 0: no limit).  ``precision="float64"`` runs the synthesis
     transform in float64: slower (about 3x), but the pixels no longer depend
     on the convolution kernels of the machine (see docs/ROBUSTNESS.md).
 
     Raises FormatError (a ValueError) when the data is not a valid .aec file.
     """
+    max_pixels = pixel_limit(max_pixels)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))

@@ -200,9 +200,23 @@ def to_planes(image) -> Planes:
     return p
 
 
+def pixel_limit(max_pixels) -> Optional[int]:
+    """``max_pixels`` as the API takes it: a positive whole number, or None or 0 for no limit
+    (as ``--max-pixels 0`` on the command line)."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise TypeError(f"max_pixels must be a whole number of pixels or None, got {max_pixels!r}")
+    if max_pixels < 0:
+        raise ValueError(f"max_pixels must be positive (0 or None: no limit), got {max_pixels}")
+    return int(max_pixels) or None
+
+
 def check_size(width: int, height: int, max_pixels: Optional[int], what: str = "image") -> None:
-    """Refuse sizes the format cannot hold, and sizes over ``max_pixels`` (None: no limit)."""
+    """Refuse sizes the format cannot hold, and sizes over ``max_pixels`` (None or 0: no limit)."""
     from .format import MAX_DIMENSION
+
+    max_pixels = pixel_limit(max_pixels)
 
     if width < 1 or height < 1:
         raise ImageError(f"{what} has no pixels")

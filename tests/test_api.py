@@ -46,6 +46,14 @@ def test_pixel_limits_are_parameters():
         aecodec.decompress(data, max_pixels=1000)
     assert aecodec.decompress(data, max_pixels=None).size == (30, 40)
     assert aecodec.MAX_PIXELS == 2**27
+    # 0 means no limit, as --max-pixels 0 does; nonsense is refused, not read as a limit
+    assert aecodec.decompress(data, max_pixels=0).size == (30, 40)
+    assert aecodec.compress(x, quality=1, max_pixels=0) == data
+    for bad, err in ((-1, ValueError), (1.5, TypeError), (True, TypeError), ("1000", TypeError)):
+        with pytest.raises(err, match="max_pixels"):
+            aecodec.decompress(data, max_pixels=bad)
+        with pytest.raises(err, match="max_pixels"):
+            aecodec.compress(x, quality=1, max_pixels=bad)
 
 
 def test_changes_on_the_way_in_are_warnings():
