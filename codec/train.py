@@ -366,6 +366,9 @@ class Trainer:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
+        if resume is not None and args.init:
+            raise SystemExit(f"error: {ckpt} would be resumed and --init ignored: add --fresh to start over "
+                             f"from {args.init} (replacing that checkpoint), or leave out --init to resume")
         if resume is not None:
             had = resume["config"].get("lambdas")
             if lambdas is None:
@@ -670,7 +673,8 @@ class Trainer:
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def run(self) -> None:
+    def run(self) -> Optional[str]:
+        """Train until --steps, --minutes or a signal; the signal's name if one stopped it."""
         import torch
 
         a = self.args
@@ -722,12 +726,16 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self._stop_signal:
-            print(f"{self._stop_signal}: saving a checkpoint, then stopping", file=sys.stderr)
         try:
-            self.checkpoint_and_validate()
+            if self._stop_signal:  # stopped by hand: a checkpoint at once; validation is for the next run
+                print(f"{self._stop_signal}: saving a checkpoint, then stopping (again to abort; the "
+                      "previous checkpoint is kept)", file=sys.stderr)
+                self.checkpoint_and_validate(validate=False)
+            else:
+                self.checkpoint_and_validate()
         finally:
             self._restore_signals(previous)
+        return self._stop_signal
 
     def _catch_stop_signals(self) -> Dict:
         """SIGINT and SIGTERM end the run after the current step, with a checkpoint.
@@ -743,6 +751,8 @@ class Trainer:
             return {}
 
         def stop(signum, _frame):
+            if self._stop_signal is not None:  # a second signal: abort (checkpoints are written atomically)
+                raise KeyboardInterrupt
             self._stop_signal = signal.Signals(signum).name
 
         previous = {}
@@ -919,7 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, levels and initial weights")
     p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
-    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="stop after this many minutes of steps, then checkpoint and validate (0: no limit)")
     p.add_argument("--ckpt-minutes", type=float, default=4.0, help="minutes between checkpoints")
     p.add_argument("--val-minutes", type=float, default=12.0,
                    help="minutes between validations (at the next checkpoint; each costs ~7%% of the "
@@ -992,6 +1003,8 @@ def _main(parser, args) -> int:
     if args.rewarm and (args.decay_now or args.decay_start is not None):
         parser.error("--rewarm ends a decay; it cannot be combined with --decay-now or --decay-start")
     if args.pack_to:
+        if Path(args.pack_to).is_dir() and any(Path(args.pack_to).iterdir()):
+            parser.error(f"--pack-to {args.pack_to}: the folder is not empty; pack into a new or empty folder")
         r = pack_training_images(Path(args.data), Path(args.pack_to), args.val_images)
         print(f"packed {r['images']} training images (held-out ones left out) into {args.pack_to}: "
               f"{r['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
@@ -1016,8 +1029,14 @@ def _main(parser, args) -> int:
         return 0
     if args.amp == "auto":
         parser.error("--amp auto is for --probe-batches; train with --amp off or bf16")
-    Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
-    return 0
+    import signal
+
+    try:
+        stopped = Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
+    except KeyboardInterrupt:
+        print("aborted; the run directory keeps its previous checkpoint", file=sys.stderr)
+        return 128 + signal.SIGINT
+    return 128 + signal.Signals[stopped].value if stopped else 0  # 130 after Ctrl-C, 143 after kill
 
 
 if __name__ == "__main__":

@@ -185,8 +185,8 @@ def test_a_background_run_stops_cleanly_on_a_signal(data_dir, tmp_path, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
-    assert f"{sig}: saving a checkpoint" in err
+    assert proc.returncode == 128 + getattr(signal, sig), err  # 130 after Ctrl-C, 143 after kill
+    assert f"{sig}: saving a checkpoint" in err and "EMA val" not in err  # no final validation
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"train"' in line]
     assert state["step"] >= max(steps) >= 1
@@ -218,6 +218,25 @@ def test_pack_keeps_the_training_split_only(data_dir, tmp_path):
         a, b = load_rgb(p).astype(int), load_rgb(out / (p.stem + ".jpg")).astype(int)
         assert a.shape == b.shape and np.abs(a - b).mean() < 3  # JPEG q95 4:4:4: close, not exact
     assert not (out / (held_out[0].stem + ".jpg")).exists()
+    # packing again into the same (now full) folder would overwrite it: usage error, nothing touched
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        main([str(data_dir), "--pack-to", str(out), "--val-images", "2"])
+    assert e.value.code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_init_is_not_silently_ignored_by_a_resume(data_dir, tmp_path):
+    from aecodec.export import export_checkpoint
+
+    a = _trainer(data_dir, tmp_path / "a")
+    a.train_step()
+    a.save()
+    export_checkpoint(a.save(), tmp_path / "a.safetensors")
+    with pytest.raises(SystemExit, match="--init ignored: add --fresh"):
+        _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"))
+    assert _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"), "--fresh").step == 0
+    assert _trainer(data_dir, tmp_path / "a").step == 1  # a plain resume is unchanged
 
 
 def test_checkpoint_without_validation(data_dir, tmp_path):
