@@ -4,12 +4,14 @@
 Opening reads and verifies the header (cheap, no torch); pixels are decoded on
 first access (``load()``), like any lazily-loaded Pillow format.  A file that
 fails to decode raises OSError from ``load()``, as Pillow's own formats do; the
-decoder's pixel limit (``aecodec.MAX_PIXELS``) applies.
+decoder's pixel limit (``aecodec.MAX_PIXELS``) applies.  A file that starts like
+an .aec file but fails its checks (CRC, header) raises ``UnidentifiedImageError``
+with the reason, not Pillow's bare "cannot identify image file".
 """
 
 from __future__ import annotations
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .format import MAGIC, FormatError, unpack
 
@@ -26,8 +28,9 @@ class AecImageFile(ImageFile.ImageFile):
         data = self.fp.read()
         try:
             self._container = unpack(data)
-        except FormatError as e:
-            raise SyntaxError(str(e)) from None
+        except FormatError as e:  # the magic matched: this is a damaged .aec file, say why
+            name = f" {self.filename!r}" if getattr(self, "filename", "") else ""
+            raise UnidentifiedImageError(f"cannot open .aec file{name}: {e}") from None
         h = self._container.header
         self._mode = h.mode
         self._size = (h.width, h.height)
@@ -52,6 +55,10 @@ class AecImageFile(ImageFile.ImageFile):
             decoded = planes_to_pil(rgb, alpha, self._container.header.mode)
             self.im = decoded.im
             self._container = None
+            # the whole file was read at open: let go of it as Pillow's own formats do after load
+            if self._exclusive_fp and self._close_exclusive_fp_after_loading and self.fp is not None:
+                self.fp.close()
+            self.fp = None
         return Image.Image.load(self)
 
 
@@ -67,8 +74,18 @@ def _save(im: Image.Image, fp, filename) -> None:
     fp.write(data)
 
 
+def _save_all(im: Image.Image, fp, filename) -> None:
+    """``save_all=True``: an .aec file holds one image, so only a single frame can be saved."""
+    n = getattr(im, "n_frames", 1)
+    if n > 1:
+        raise ValueError(f"cannot save as .aec: the format holds one image and this one has {n} frames "
+                         "(save one frame, without save_all=True)")
+    _save(im, fp, filename)
+
+
 def register() -> None:
     Image.register_open(AecImageFile.format, AecImageFile, _accept)
     Image.register_save(AecImageFile.format, _save)
+    Image.register_save_all(AecImageFile.format, _save_all)
     Image.register_extension(AecImageFile.format, ".aec")
     Image.register_mime(AecImageFile.format, "image/x-aec")

@@ -137,6 +137,35 @@ def test_pillow_saves_aec(tmp_path):
     with pytest.raises(ValueError, match="quality"):
         Image.fromarray(x).save(tmp_path / "bad.aec", quality=95)
     assert not (tmp_path / "bad.aec").exists()
+    # save_all of a single frame is a plain save; of several frames, a clear refusal
+    Image.fromarray(x).save(tmp_path / "all.aec", save_all=True, quality=3)
+    assert (tmp_path / "all.aec").read_bytes() == (tmp_path / "x.aec").read_bytes()
+    frames = [Image.fromarray(x), Image.fromarray(255 - x)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "anim.gif") as im, pytest.raises(ValueError, match="2 frames"):
+        im.save(tmp_path / "anim.aec", save_all=True)
+    assert not (tmp_path / "anim.aec").exists()
+
+
+def test_pillow_plugin_closes_the_file_and_names_damage(tmp_path):
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    data = aecodec.compress(np.full((24, 20, 3), 90, np.uint8), quality=1)
+    (tmp_path / "x.aec").write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        im = Image.open(tmp_path / "x.aec")
+        im.load()
+        assert im.fp is None  # let go after load, as PNG does (no handle per image in a loop)
+        assert im.size == (20, 24)
+    bad = bytearray(data)
+    bad[12] ^= 0xFF  # inside the header
+    (tmp_path / "bad.aec").write_bytes(bytes(bad))
+    with pytest.raises(UnidentifiedImageError, match=r"cannot open \.aec file .*bad\.aec.: (corrupt|.*CRC)") as e:
+        Image.open(tmp_path / "bad.aec")
+    assert "cannot identify image file" not in str(e.value)
 
 
 def test_pixel_counts_in_words():
