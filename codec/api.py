@@ -235,5 +235,14 @@ def info(data: bytes) -> Dict:
         d["chunks"].setdefault(tag.decode("latin-1"), len(blob))
     icc = decode_icc(c)
     d["icc_profile_bytes"] = len(icc) if icc else 0
+    try:
+        from .weights import WeightsError, model_problem
+
+        problem = model_problem(c.header.model_id)
+    except WeightsError as e:
+        problem = str(e)
+    d["decodable"] = problem is None  # by this installation's models (the header alone says nothing)
+    if problem:
+        d["model_problem"] = f"the file {problem}"
     return d
 

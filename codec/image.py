@@ -71,10 +71,16 @@ def to_8bit_noted(arr: np.ndarray):
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255, None
     if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        unit = arr.max(initial=0) <= 1.0
-        out = np.clip((arr * (255.0 if unit else 1.0)).round(), 0, 255).astype(np.uint8)
-        return out, f"floating-point samples read as {'0..1' if unit else '0..255'} and rounded to 8 bits"
+        arr = arr.astype(np.float64)
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        if n_nan:
+            raise ImageError(f"the array has {n_nan} NaN sample(s); an image needs a number in every sample")
+        arr = np.clip(arr, 0.0, None)  # -inf and negatives: 0
+        finite = arr[np.isfinite(arr)]
+        unit = finite.max(initial=0) <= 1.0
+        out = np.clip(np.nan_to_num(arr * (255.0 if unit else 1.0), posinf=255.0).round(), 0, 255).astype(np.uint8)
+        return out, (f"floating-point samples read as {'0..1' if unit else '0..255'} and rounded to 8 bits"
+                     + (f"; {n_inf} infinite sample(s) clipped" if n_inf else ""))
     hi, lo = arr.max(initial=0), arr.min(initial=0)
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and hi > 255):
         # 16-bit samples: the nearest 8-bit level (v / 257 maps 65535 to 255 exactly).

@@ -112,6 +112,24 @@ _lock = threading.Lock()
 _cache: Dict[str, object] = {}
 
 
+def model_problem(model_id: str, manifest: Optional[Dict] = None) -> Optional[str]:
+    """Why files made with ``model_id`` cannot be decoded here ("was made with model ...",
+    completing "the file ..."), or None when they can.  Reads the manifest only."""
+    manifest = manifest if manifest is not None else read_manifest()
+    if model_id in manifest.get("models", {}):
+        return None
+    retired = manifest.get("retired", {}).get(model_id)
+    if retired is not None:
+        # an earlier release: decodable when its weights file is put back next to the manifest
+        if (weights_dir() / retired["file"]).exists():
+            return None
+        return (f"was made with model {model_id!r}, retired after aecodec commit "
+                f"{retired.get('last_commit', '?')}: decode it with that version, or put "
+                f"{retired['file']} (sha256 {retired['sha256'][:12]}...) into {weights_dir()}")
+    return (f"needs model {model_id!r}, which this aecodec does not have "
+            f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
+
+
 def load_model(model_id: Optional[str] = None):
     """The model for ``model_id`` (default: the current release), loaded once per process."""
     manifest = read_manifest()
@@ -121,16 +139,10 @@ def load_model(model_id: Optional[str] = None):
             return _cache[model_id]
         entry = manifest.get("models", {}).get(model_id)
         retired = manifest.get("retired", {}).get(model_id)
-        if entry is None and retired is not None:
-            # an earlier release: decodable when its weights file is put back next to the manifest
-            if not (weights_dir() / retired["file"]).exists():
-                raise FormatError(f"the file was made with model {model_id!r}, retired after aecodec commit "
-                                  f"{retired.get('last_commit', '?')}: decode it with that version, or put "
-                                  f"{retired['file']} (sha256 {retired['sha256'][:12]}...) into {weights_dir()}")
-            entry = retired
-        if entry is None:
-            raise FormatError(f"the file needs model {model_id!r}, which this aecodec does not have "
-                              f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
+        problem = model_problem(model_id, manifest)
+        if problem:
+            raise FormatError(f"the file {problem}")
+        entry = entry or retired  # an earlier release whose weights file was put back
         path = weights_dir() / entry["file"]
         if not path.exists():
             raise WeightsError(f"weights file {path} is missing; reinstall aecodec")

@@ -114,6 +114,14 @@ def test_non_uint8_arrays_say_how_they_were_read():
         aecodec.compress(x, quality=1)
     with pytest.warns(aecodec.AecodecWarning, match="0..1"):
         aecodec.compress(np.full((16, 16), 0.5, np.float32), quality=1)
+    nan = np.full((16, 16, 3), 0.5)
+    nan[3, 4, 1] = np.nan
+    with pytest.raises(aecodec.ImageError, match="1 NaN sample"):
+        aecodec.compress(nan, quality=1)
+    inf = np.full((16, 16, 3), 0.5)
+    inf[0, 0] = np.inf
+    with pytest.warns(aecodec.AecodecWarning, match=r"0\.\.1.*3 infinite sample\(s\) clipped"):
+        aecodec.compress(inf, quality=1)
     with pytest.warns(aecodec.AecodecWarning, match="negative samples clipped"):
         aecodec.compress(np.full((16, 16, 3), -3, np.int32), quality=1)
     import warnings

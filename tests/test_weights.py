@@ -49,10 +49,21 @@ def test_a_retired_model_is_refused_with_directions_then_decodes_when_put_back(t
     monkeypatch.setattr(W, "_cache", {})
     with pytest.raises(aecodec.FormatError, match="retired after aecodec commit abc1234"):
         aecodec.decompress(data)
+    # info reads the header alone, and still says the file cannot be decoded here
+    i = aecodec.info(data)
+    assert i["decodable"] is False and "retired after aecodec commit abc1234" in i["model_problem"]
+    from click.testing import CliRunner
+
+    from aecodec.cli import main
+
+    (tmp_path / "old.aec").write_bytes(data)
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "old.aec")])
+    assert r.exit_code == 0 and "cannot be decoded here: was made with model" in r.output, r.output
 
     shutil.move(tmp_path / old["file"], d / old["file"])
     monkeypatch.setattr(W, "_cache", {})
     assert aecodec.decompress(data).size == (30, 20)
+    assert aecodec.info(data)["decodable"] is True and "model_problem" not in aecodec.info(data)
 
 
 def test_a_wheel_carries_every_file_the_weights_folder_needs():
