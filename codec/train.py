@@ -900,7 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
                 return h
             return super()._get_help_string(action)
 
-    p = argparse.ArgumentParser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as the rest of the command line (not the ~12-line usage)
+            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    p = Parser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
     p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
     p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
                    help="checkpoints and logs; an existing last.pt here is resumed")

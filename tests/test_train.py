@@ -625,6 +625,7 @@ def test_bad_options_are_usage_errors(data_dir, tmp_path, bad, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"aecodec train: error: {bad[0]} must" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err  # one line, not argparse's whole usage
     assert not (tmp_path / "r").exists()
 
 
