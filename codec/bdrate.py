@@ -83,6 +83,22 @@ def bd_rate_details(anchor_rate: Sequence[float], anchor_quality: Sequence[float
     )
 
 
+MIN_POINTS = 4  # per curve, for a reported BD-rate: with fewer, the figure is the interpolation's
+
+
+def bd_rate_reported(anchor_rate, anchor_quality, test_rate, test_quality) -> Tuple[Optional[BDResult], str]:
+    """What a report may show: (result, "") or (None, why there is no figure): no data,
+    fewer than MIN_POINTS distinct points on a curve (two points give a number, but one
+    that only says how a straight line was drawn), or no overlap."""
+    n = min(_curve(anchor_rate, anchor_quality)[0].size, _curve(test_rate, test_quality)[0].size)
+    if n == 0:
+        return None, "no data"
+    if n < MIN_POINTS:
+        return None, f"{n} point{'s' if n > 1 else ''}, needs {MIN_POINTS}"
+    r = bd_rate_details(anchor_rate, anchor_quality, test_rate, test_quality)
+    return (r, "") if r is not None else (None, "no overlap")
+
+
 def bd_rate(anchor_rate, anchor_quality, test_rate, test_quality) -> float:
     """BD-rate in percent (NaN when there is no overlap)."""
     r = bd_rate_details(anchor_rate, anchor_quality, test_rate, test_quality)

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from .bdrate import METHOD as BD_METHOD
-from .bdrate import bd_rate_details, msssim_db
+from .bdrate import bd_rate_reported, msssim_db
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim with the default 11x11 window and 5 scales
@@ -949,12 +949,29 @@ def _run_tasks(fn, tasks: List, jobs: int, on_result, fresh_process: bool = Fals
     ex.shutdown(wait=True)
 
 
+def check_out_dir(out: Path, dataset: Path) -> None:
+    """Refuse an OUT that would overwrite someone's files or end up among the images measured."""
+    if out.exists() and not out.is_dir():
+        raise BenchUsageError(f"{out}: -o names the results folder, and this is a file")
+    o, d = out.resolve(), dataset.resolve()
+    if o == d or d in o.parents:
+        raise BenchUsageError(f"{out} is inside {dataset}: its plots would be measured as images next time; "
+                              "write the results elsewhere")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "per-image").is_dir()
+                                                     or (out / "meta" / "summary.json").is_file()):
+        raise BenchUsageError(f"{out} holds files that aecodec bench did not write (no per-image/ folder); "
+                              "name a new or empty folder")
+
+
 def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lambda s: None) -> Dict:
     """Measure what is missing, then write every output. Returns a summary dict."""
     progress = progress or _no_progress
     started = time.time()
-    images = list_images(cfg.dataset)
     out = Path(cfg.out)
+    check_out_dir(out, Path(cfg.dataset))
+    images = list_images(cfg.dataset)
+    if not cfg.measure and not (out / "per-image").is_dir():
+        raise BenchError(f"nothing is stored in {out} to report: run without --report-only")
     out.mkdir(parents=True, exist_ok=True)
     (out / "per-image").mkdir(exist_ok=True)
 
@@ -1006,6 +1023,9 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
         finally:
             bar.close()
     elif tasks:
+        if not reused:  # a report of nothing would replace the folder's report with an empty one
+            raise BenchError(f"{out} holds no stored points for these images and codecs: run without "
+                             "--report-only")
         log(f"{len(tasks)} points not measured (outputs from stored points only)")
     if cfg.measure:  # drop the stale points (other versions) of the codecs this run measured
         for n in usable:
@@ -1253,11 +1273,11 @@ def bd_table(curves: Dict[str, Dict], anchors: Sequence[str], metric: str,
                 cells.append("(anchor)")
                 continue
             an = curves[a]
-            r = bd_rate_details(an["bpp"], an[metric], c["bpp"], c.get(metric, []))
+            r, why = bd_rate_reported(an["bpp"], an[metric], c["bpp"], c.get(metric, []))
             numbers[name][a] = None if r is None else {"bd_rate": r.rate, "overlap_db": [r.lo, r.hi],
                                                        "anchor_bpp": list(r.anchor_bpp),
                                                        "test_bpp": list(r.test_bpp)}
-            cells.append("no overlap" if r is None else
+            cells.append(f"– ({why})" if r is None else
                          f"{r.rate:+.1f} % [{r.lo:.2f}–{r.hi:.2f} dB; {r.test_bpp[0]:.2f}–{r.test_bpp[1]:.2f} bpp]")
         rows.append(cells)
     header = ["codec", "source"] + [f"vs {a}: BD-rate [overlap]" for a in present]
@@ -1509,7 +1529,8 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
              "Times: wall clock of one encode and one decode call, in memory, one thread. "
              f"BD-rates: Bjøntegaard delta rate with **{BD_METHOD}** interpolation of log-rate against quality, "
              "integrated over the overlap of the two curves' quality ranges (shown in brackets with the test "
-             "codec's bpp over that overlap); nothing extrapolated.")
+             "codec's bpp over that overlap); nothing extrapolated, and no BD-rate from a curve of fewer "
+             "than 4 points (a sweep with --points 2 or 3 gets none).")
     if small:
         L.append(f"\nMS-SSIM is not computed for {len(small)} image(s) with a side under {MSSSIM_MIN_SIDE} px "
                  "(the 5-scale pyramid does not fit): MS-SSIM columns show – for them.")

@@ -176,11 +176,11 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     out = tmp_path / "out"
     readme = tmp_path / "README.md"  # OUT/../README.md: its marked section is refreshed
     readme.write_text(f"# x\nbefore\n{B.README_START}\nold\n{B.README_END}\nafter\n")
-    args = [crops_dir, "--codecs", "aecodec,jpeg-420,webp", "--points", "3", "--grid", "aecodec=2,6", "--jobs", "1",
+    args = [crops_dir, "--codecs", "aecodec,jpeg-420,webp", "--points", "4", "--grid", "aecodec=2,6", "--jobs", "1",
             "--scaling-sizes", "none", "--no-coldstart", "--no-reference", "-o", out, "--quiet"]
     r = _run(*args)
     assert r.exit_code == 0, r.output
-    assert "16 points measured, 0 reused" in r.output
+    assert "20 points measured, 0 reused" in r.output
     n_images = len(photo_crops[:2])
 
     from aecodec._deps import import_compressai
@@ -188,7 +188,7 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     import_compressai()
     from compressai.utils.plot.__main__ import parse_json_file
 
-    grids = {"aecodec": [2, 6], "jpeg-420": [3, 40, 90], "webp": [0, 50, 95]}
+    grids = {"aecodec": [2, 6], "jpeg-420": [3, 20, 60, 90], "webp": [0, 30, 70, 95]}
     for name, grid in grids.items():
         doc = json.loads((out / f"{name}.json").read_text())
         assert doc["name"] == name and doc["description"]
@@ -211,9 +211,9 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     assert row["key"] == B.get_codec("aecodec").key()
     # and PSNR is that of the decoded picture
     jrow = next(json.loads(line) for line in (out / "per-image" / "jpeg-420.jsonl").read_text().splitlines()
-                if '"crop1.png"' in line and '"quality": 40' in line)
+                if '"crop1.png"' in line and '"quality": 20' in line)
     buf = __import__("io").BytesIO()
-    Image.fromarray(photo_crops[-1]).save(buf, format="JPEG", quality=40, subsampling=2, optimize=True)
+    Image.fromarray(photo_crops[-1]).save(buf, format="JPEG", quality=20, subsampling=2, optimize=True)
     dec = np.asarray(Image.open(buf).convert("RGB"))
     assert jrow["bytes"] == buf.tell() and jrow["psnr_rgb"] == pytest.approx(B.psnr_rgb(photo_crops[-1], dec))
 
@@ -224,7 +224,10 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     assert "PCHIP" in md and "2 images" in md and "libjpeg-turbo" in md
     m = re.search(r"\| webp \| measured \(this run\) \| ([+-]\d+\.\d) % \[(\d+\.\d+)–(\d+\.\d+) dB", md)
     assert m, md
+    # aecodec has 2 points here: no BD-rate is claimed from them (4 per curve at least)
+    assert "| aecodec | measured (this run) | – (2 points, needs 4) | – (2 points, needs 4) |" in md
     summary = json.loads((out / "meta" / "summary.json").read_text())
+    assert summary["bd_rate"]["psnr-rgb"]["aecodec"]["jpeg-420"] is None
     bd = summary["bd_rate"]["psnr-rgb"]["webp"]["jpeg-420"]
     assert bd["bd_rate"] == pytest.approx(float(m.group(1)), abs=0.05) and bd["bd_rate"] < 0
     assert summary["speed"]["aecodec"]["points"] == n_images * 2
@@ -235,11 +238,11 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     # a second run reuses every point and measures nothing
     before = (out / "per-image" / "webp.jsonl").read_text()
     r = _run(*args)
-    assert r.exit_code == 0 and "0 points measured, 16 reused" in r.output
+    assert r.exit_code == 0 and "0 points measured, 20 reused" in r.output
     assert (out / "per-image" / "webp.jsonl").read_text() == before
     # a new grid point is the only thing measured
     r = _run(*args, "--grid", "jpeg-420=3,40,60,90")
-    assert r.exit_code == 0 and "2 points measured, 16 reused" in r.output
+    assert r.exit_code == 0 and "2 points measured, 18 reused" in r.output
     assert json.loads((out / "jpeg-420.json").read_text())["results"]["quality"] == [3, 40, 60, 90]
     # a rebuilt report measures nothing and keeps the measuring run's machine state (load average)
     summary = json.loads((out / "meta" / "summary.json").read_text())
@@ -285,6 +288,34 @@ def test_bench_usage_and_data_errors(tmp_path, crops_dir):
     empty.mkdir()
     r = _run(empty, "--codecs", "jpeg-420", "-o", tmp_path / "o", "--no-coldstart", "--scaling-sizes", "none")
     assert r.exit_code == 1 and "no images" in r.output
+
+
+def test_bench_never_overwrites_what_it_did_not_write(tmp_path, crops_dir):
+    quick = ["--codecs", "jpeg-420", "--points", "2", "--no-coldstart", "--scaling-sizes", "none", "--no-reference",
+             "--quiet"]
+    (tmp_path / "file.txt").write_text("mine")
+    r = _run(crops_dir, *quick, "-o", tmp_path / "file.txt")
+    assert r.exit_code == 2 and "this is a file" in r.output and len(r.output.splitlines()) == 1, r.output
+    assert (tmp_path / "file.txt").read_text() == "mine"
+    r = _run(crops_dir, *quick, "-o", crops_dir / "results")  # its plots would be measured next time
+    assert r.exit_code == 2 and "inside" in r.output and not (crops_dir / "results").exists()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "RESULTS.md").write_text("my notes")
+    r = _run(crops_dir, *quick, "-o", user)
+    assert r.exit_code == 2 and "did not write" in r.output
+    assert [p.name for p in user.iterdir()] == ["RESULTS.md"] and (user / "RESULTS.md").read_text() == "my notes"
+    # --report-only with nothing stored: an error, and nothing written (not an empty report)
+    r = _run(crops_dir, *quick, "-o", tmp_path / "new", "--report-only")
+    assert r.exit_code == 1 and "nothing is stored" in r.output and not (tmp_path / "new").exists()
+    assert _run(crops_dir, *quick, "-o", tmp_path / "done").exit_code == 0
+    report = (tmp_path / "done" / "RESULTS.md").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(other / "flat.png")
+    r = _run(other, *quick, "-o", tmp_path / "done", "--report-only")
+    assert r.exit_code == 1 and "no stored points" in r.output
+    assert (tmp_path / "done" / "RESULTS.md").read_text() == report
 
 
 # --- where the bits go -------------------------------------------------------------

@@ -34,8 +34,10 @@ def _folder(tmp_path, scale):
 
 def test_a_curve_at_90_percent_of_the_rate_is_minus_10_percent(tmp_path):
     d = _folder(tmp_path, 0.9)
+    doc = json.loads((d / "webp.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({**doc, "name": "aecodec"}))  # the last release: the anchor
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "rdcompare.py"), str(d), "--anchors", "webp",
-                          "--previous", str(d / "webp.json"), "--image", "a.png", "--quality", "2"],
+                          "--previous", str(tmp_path / "old.json"), "--image", "a.png", "--quality", "2"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| webp | -10.0 % | -10.0 % |" in out.stdout
@@ -64,3 +66,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (d / "bad.json").write_text("{")
     r = subprocess.run(tool + [str(d / "bad.json")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "is not a benchmark results file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_bd_rate_from_too_few_points_or_unlike_grids(tmp_path):
+    d = _folder(tmp_path, 0.9)
+    new, anchor = rdcompare.load_curve(d / "aecodec.json"), rdcompare.load_curve(d / "webp.json")
+    three = {k: (v[:3] if k != "name" else v) for k, v in new.items()}
+    text = rdcompare.report(three, {"webp": anchor}, previous=new)
+    assert "| webp | – (3 points, needs 4) |" in text  # a figure three points cannot support: none
+    assert "| previous release | – (other levels) |" in text  # 3 levels against 4: not like with like
+    tool = [sys.executable, str(ROOT / "tools" / "rdcompare.py")]
+    r = subprocess.run(tool + [str(d), "--anchors", "webp", "--previous", str(d / "webp.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "holds 'webp' results" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = subprocess.run(tool + [str(d), "--anchors", "webp", "--image", "nothere.png"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""  # the error comes before any table
+    r = subprocess.run(tool + [str(d), "--anchors", "webp", "--quality", "3"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "give --image too" in r.stderr

@@ -84,10 +84,17 @@ def report(new: dict, anchors: dict, previous: dict = None) -> str:
     others = dict(anchors)
     if previous:
         others["previous release"] = previous
+    def fmt(reported):
+        r, why = reported
+        return f"– ({why})" if r is None else f"{r.rate:+.1f} %"
+
     for name, c in others.items():
-        p = bd.bd_rate(c["bpp"], c["psnr"], new["bpp"], new["psnr"])
-        m = bd.bd_rate(c["bpp"], bd.msssim_db(c["ms"]), new["bpp"], bd.msssim_db(new["ms"]))
-        fmt = lambda v: "no overlap" if np.isnan(v) else f"{v:+.1f} %"  # noqa: E731
+        if name == "previous release" and sorted(c["quality"]) != sorted(new["quality"]):
+            # a BD-rate between two grids of the same weights is not zero: compare like with like
+            lines.append(f"| {name} | – (other levels) | – (other levels) |")
+            continue
+        p = bd.bd_rate_reported(c["bpp"], c["psnr"], new["bpp"], new["psnr"])
+        m = bd.bd_rate_reported(c["bpp"], bd.msssim_db(c["ms"]), new["bpp"], bd.msssim_db(new["ms"]))
         lines.append(f"| {name} | {fmt(p)} | {fmt(m)} |")
     lines += ["", "PSNR gap at equal rate (aecodec minus codec, dB), per aecodec level:", ""]
     lines.append("| codec | " + " | ".join(f"q{q}" for q in new["quality"]) + " |")
@@ -107,14 +114,19 @@ def image_point(per_image: Path, image: str, quality: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python tools/rdcompare.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as the project's other commands
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    p = Parser(prog="python tools/rdcompare.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="a benchmark folder (with aecodec.json) or an aecodec.json")
     p.add_argument("--previous", help="the previous release's aecodec.json")
-    p.add_argument("--anchors", default=DEFAULT_ANCHORS, help="codecs to compare with (their NAME.json files)")
+    p.add_argument("--anchors", default=DEFAULT_ANCHORS,
+                   help=f"codecs to compare with, by their NAME.json files (default: {DEFAULT_ANCHORS})")
     p.add_argument("--anchor-dir", help="where the codecs' NAME.json are (default: the results folder)")
     p.add_argument("--image", help="also print this image's point, e.g. kodim23.png")
-    p.add_argument("--quality", type=int, default=6, help="the level of --image")
+    p.add_argument("--quality", type=int, help="the level of --image (default: 6)")
     a = p.parse_args(argv)
     res = Path(a.results)
     folder = res if res.is_dir() else res.parent
@@ -129,11 +141,16 @@ def main(argv=None) -> int:
         if not f.exists():
             p.error(f"no results for {name!r} in {adir}")
         anchors[name] = load_curve(f)
+    if a.quality is not None and not a.image:
+        p.error("--quality is the level of --image: give --image too")
     previous = load_curve(Path(a.previous)) if a.previous else None
-    print(report(new, anchors, previous))
-    if a.image:
+    if previous is not None and previous["name"] != new["name"]:
+        p.error(f"--previous {a.previous} holds {previous['name']!r} results, not {new['name']!r}")
+    point = image_point(folder / "per-image" / "aecodec.jsonl", a.image, a.quality or 6) if a.image else None
+    print(report(new, anchors, previous))  # after every check: no tables, then an error
+    if point:
         print()
-        print(image_point(folder / "per-image" / "aecodec.jsonl", a.image, a.quality))
+        print(point)
     return 0
 
 
