@@ -49,3 +49,16 @@ def test_cli_not_weights_is_a_one_line_data_error(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "heldout.py"), str(_data(tmp_path)), str(junk)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "junk.safetensors" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_checks_options_and_every_file_before_measuring(tmp_path):
+    tool = [sys.executable, str(ROOT / "tools" / "heldout.py")]
+    d = _data(tmp_path)
+    for bad in (["--crop", "0"], ["--crop", "100"], ["--val-images", "0"]):
+        r = subprocess.run(tool + [str(d), str(_shipped()), *bad], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and bad[0] in r.stderr, r.stderr
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors at all")
+    # the bad second file is refused before the first is evaluated (which takes minutes on real data)
+    r = subprocess.run(tool + [str(d), str(_shipped()), str(junk)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "junk.safetensors" in r.stderr and r.stdout == "", r.stdout

@@ -84,3 +84,20 @@ def test_stage_then_ship_into_a_copy_of_the_weights_folder(new_weights, tmp_path
     assert entry["retired"]["model_id"] == old_id
     with pytest.raises(release.ReleaseError, match="already the default"):
         release.ship(path, weights=w, git=False)
+
+
+def test_stage_refuses_a_file_or_a_foreign_manifest_before_copying(new_weights, tmp_path):
+    path, model_id = new_weights
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(release.ReleaseError, match="is a file"):
+        release.stage(path, tmp_path / "file")
+    for text in ('{"mine": 1}', "{not json"):
+        d = tmp_path / f"d{len(text)}"
+        d.mkdir()
+        (d / "manifest.json").write_text(text)
+        with pytest.raises(release.ReleaseError, match="manifest"):
+            release.stage(path, d)
+        assert [p.name for p in d.iterdir()] == ["manifest.json"]  # nothing copied in
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "release.py")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "check,stage,ship" in r.stderr

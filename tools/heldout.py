@@ -56,12 +56,15 @@ def evaluate(data, files, val_images: int = 8, crop: int = 256, train_images: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as the project's other commands
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="the training data folder (its held-out images are used)")
     p.add_argument("weights", nargs="+", help=".safetensors files; the first is the reference")
-    p.add_argument("--val-images", type=int, default=8, help="as given to aecodec train")
-    p.add_argument("--crop", type=int, default=256, help="side of the centre crops")
+    p.add_argument("--val-images", type=int, default=8, help="as given to aecodec train (default: 8)")
+    p.add_argument("--crop", type=int, default=256, help="side of the centre crops, a multiple of 64 (default: 256)")
     p.add_argument("--train-images", type=int, default=0, metavar="N",
                    help="also validate on N training photos and print held-out loss / training loss "
                         "(the overfitting gap)")
@@ -71,8 +74,25 @@ def main(argv=None) -> int:
             p.error(f"no such weights file: {f}")
     if a.train_images < 0:
         p.error("--train-images must be 0 or more")
-    from aecodec.weights import WeightsError
+    if a.val_images < 1:
+        p.error("--val-images must be at least 1")
+    if a.crop < 64 or a.crop % 64:
+        p.error(f"--crop must be a multiple of 64 (the model's downsampling), got {a.crop}")
+    if not Path(a.data).is_dir():
+        p.error(f"no such folder: {a.data}")
+    from aecodec.train import training_split
+    from aecodec.weights import WeightsError, build_model, load_state_dict_file, read_metadata
 
+    try:
+        for f in a.weights:  # every file checked before minutes are spent on the first
+            state = load_state_dict_file(f)  # first: it turns a file that is not safetensors into WeightsError
+            build_model(read_metadata(f), state)
+        _, held_out = training_split(a.data, a.val_images)
+    except (WeightsError, KeyError, ValueError) as e:
+        p.exit(1, f"{p.prog}: error: {e}\n")
+    if len(held_out) < a.val_images:  # training's rule: at most one image in 20 is held out
+        print(f"note: {len(held_out)} held-out image(s), not {a.val_images}: aecodec train holds out at most "
+              f"one image in 20 of {a.data}", file=sys.stderr)
     try:
         rows = evaluate(a.data, a.weights, a.val_images, a.crop, a.train_images)
     except (WeightsError, KeyError, ValueError) as e:  # not aecodec weights: one line, exit 1

@@ -71,8 +71,20 @@ def _copy(src: Path, dst: Path) -> None:
 def stage(path: Path, directory: Path) -> dict:
     from aecodec.weights import register
 
+    from aecodec.weights import WeightsError, read_manifest
+
     entry = check(path)
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ReleaseError(f"{directory}: the staging folder is a file")
+    if (directory / "manifest.json").exists():  # checked before anything is copied into the folder
+        try:
+            manifest = read_manifest(directory)
+        except WeightsError as e:
+            raise ReleaseError(str(e)) from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+            raise ReleaseError(f"{directory / 'manifest.json'} is not an aecodec weights manifest; "
+                               "stage into a new folder")
     directory.mkdir(parents=True, exist_ok=True)
     _copy(path, directory / entry["file"])
     register(entry, directory)
@@ -110,9 +122,13 @@ def ship(path: Path, weights: Path = ROOT / "weights", git: bool = True) -> dict
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python tools/release.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as the project's other commands
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    p = Parser(prog="python tools/release.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{check,stage,ship}", parser_class=Parser)
     sub.add_parser("check", help="check a release file").add_argument("file")
     s = sub.add_parser("stage", help="a weights folder with the file as its default, to benchmark")
     s.add_argument("file")
