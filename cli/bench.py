@@ -90,6 +90,9 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
         sc = B.parse_codecs(scaling_codecs) if scaling_codecs else None
     except B.BenchUsageError as e:
         raise _UsageProblem(str(e)) from None
+    for g in grid_over:
+        if g not in names:
+            raise _UsageProblem(f"--grid {g}=...: {g} is not among the codecs of this run (--codecs)")
     for n in names:
         why = B.get_codec(n).available()
         if why and codecs != "default":

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .bdrate import METHOD as BD_METHOD
 from .bdrate import bd_rate_reported, msssim_db
@@ -212,6 +212,7 @@ class Codec:
 
     name = ""
     grid: Tuple = ()
+    qrange: Tuple[float, float] = (0, 100)  # the qualities its setting takes (--grid is checked against it)
     speed_only = False  # timed, but its rate/quality mean nothing (random weights)
     uses_torch = False
     packages: Tuple[str, ...] = ()  # (pip name, import name) pairs needed
@@ -387,6 +388,7 @@ class JXL(PillowCodec):
 class JPEG2000(PillowCodec):
     fmt = "JPEG2000"
     grid = (240.0, 192.0, 160.0, 120.0, 96.0, 80.0, 60.0, 48.0, 32.0, 24.0, 16.0, 12.0, 9.6)
+    qrange = (1.0, 10000.0)  # compression ratio against 24-bit RGB
     version_keys = ("Pillow", "openjpeg")
 
     def __init__(self, mct: int = 1):
@@ -454,6 +456,7 @@ class MSHRandom(Codec):
 
     name = "msh-random"
     grid = (0,)
+    qrange = (0, 0)
     speed_only = True
     uses_torch = True
     version_keys = ("compressai", "torch")
@@ -550,12 +553,20 @@ def parse_grid(spec: str) -> Tuple[str, Tuple]:
     name, values = spec.split("=", 1)
     name = name.strip()
     codec = get_codec(name)
+    parts = [v.strip() for v in values.split(",")]
+    if values.strip() and not all(parts):
+        raise BenchUsageError(f"--grid {spec!r}: an empty quality between commas")
     try:
-        vals = tuple(float(v) for v in values.split(",") if v.strip())
+        vals = tuple(float(v) for v in parts if v)
     except ValueError:
         raise BenchUsageError(f"--grid {spec!r}: qualities must be numbers") from None
     if not vals:
         raise BenchUsageError(f"--grid {spec!r}: no quality given")
+    if len(set(vals)) != len(vals):
+        raise BenchUsageError(f"--grid {spec!r}: a quality is given twice")
+    lo, hi = codec.qrange
+    if name != "aecodec" and any(not lo <= v <= hi for v in vals):
+        raise BenchUsageError(f"--grid {spec!r}: {name} qualities are {lo:g}..{hi:g}")
     if all(isinstance(g, int) for g in codec.grid):
         if any(v != int(v) for v in vals):
             raise BenchUsageError(f"--grid {spec!r}: {name} takes integer qualities")
@@ -671,8 +682,9 @@ def list_images(dataset: Path) -> List[ImageItem]:
         try:
             with Image.open(io.BytesIO(blob)) as im:
                 w, h = im.size
-        except Exception as e:
-            raise BenchError(f"{p}: not an image Pillow can read ({e})") from None
+        except Exception as e:  # Pillow names the BytesIO object: say what is wrong with the file instead
+            why = "" if isinstance(e, UnidentifiedImageError) else f" ({' '.join(str(e).split())[:120]})"
+            raise BenchError(f"{p}: not an image Pillow can read{why}") from None
         items.append(ImageItem(p, p.name, hashlib.sha256(blob).hexdigest()[:16], w, h))
     if not items:
         raise BenchError(f"{dataset}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
@@ -1002,7 +1014,8 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
                     tasks.append((name, str(im.path), q))
     new = 0
     if cfg.measure and tasks:
-        log(f"{len(tasks)} points to measure ({reused} reused) on {len(images)} images, {cfg.jobs} worker(s)")
+        log(f"{len(tasks)} points to measure ({reused} reused) on {len(images)} image{'s' * (len(images) != 1)}, "
+            f"{cfg.jobs} worker(s)")
         bar = progress(total=len(tasks), desc="points")
 
         def on_result(task, row):
@@ -1455,9 +1468,13 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
         dashed = " (dashed: CompressAI's published curves)" if references else ""
         plot_rd(curves, references, "psnr-rgb", "PSNR-RGB (dB)", f"{head}: PSNR-RGB against rate{dashed}",
                 plots["psnr"])
-        plots["msssim"] = out / "rd-msssim-db.png"
-        plot_rd(curves, references, "ms-ssim-db-rgb", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
-                f"{head}: MS-SSIM against rate{dashed}", plots["msssim"])
+        ms = out / "rd-msssim-db.png"
+        if any(np.isfinite(np.asarray(c.get("ms-ssim-db-rgb", []), float)).any() for c in curves.values()):
+            plots["msssim"] = ms
+            plot_rd(curves, references, "ms-ssim-db-rgb", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
+                    f"{head}: MS-SSIM against rate{dashed}", ms)
+        elif ms.exists():  # no image large enough for MS-SSIM: no empty plot, and no stale one
+            ms.unlink()
 
     bd_psnr_md, bd_psnr = bd_table(curves, cfg.anchors, "psnr-rgb", references)
     bd_ms_md, bd_ms = bd_table(curves, cfg.anchors, "ms-ssim-db-rgb", references)
@@ -1499,7 +1516,7 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
     L.append("Generated by `aecodec bench`; do not edit by hand (regenerate instead).\n")
     span = f"{min(measured_span)} to {max(measured_span)}" if measured_span else "–"
     L.append(_md_table(["", ""], [
-        ["dataset", f"`{ds}` ({cfg.dataset}), {len(images)} images, {', '.join(sizes)}, "
+        ["dataset", f"`{ds}` ({cfg.dataset}), {len(images)} image{'s' * (len(images) != 1)}, {', '.join(sizes)}, "
                     f"{total_px / 1e6:.2f} Mpx in all"],
         ["machine", f"{machine['cpu']}, {machine['cores']} cores, {machine['memory']}, {machine['os']}; "
                     f"load average at start {machine['load average at start']}"],

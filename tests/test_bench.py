@@ -282,6 +282,11 @@ def test_bench_usage_and_data_errors(tmp_path, crops_dir):
     assert r.exit_code == 2 and "unknown codec 'bpg'" in r.output
     r = _run(crops_dir, "--grid", "jpeg-420", "-o", tmp_path / "o")
     assert r.exit_code == 2
+    for grid, why in (("jpeg-420=101,200", "0..100"), ("jpeg-420=-5,10", "0..100"), ("jpeg-420=1,,2", "empty"),
+                      ("jpeg-420=50,50", "twice"), ("webp=10,20", "not among")):
+        r = _run(crops_dir, "--codecs", "jpeg-420", "--grid", grid, "-o", tmp_path / "o")
+        assert r.exit_code == 2 and why in r.output and len(r.output.splitlines()) == 1, r.output
+    assert not (tmp_path / "o").exists()
     r = _run(tmp_path / "missing", "-o", tmp_path / "o")
     assert r.exit_code == 1 and "no such directory" in r.output
     empty = tmp_path / "empty"
@@ -386,3 +391,17 @@ def test_a_quick_run_beside_published_results_leaves_their_readme(tmp_path):
     cfg.readme = readme
     assert B._update_readme(cfg, tmp_path / "tiny", "| tiny |\n", {}) == readme
     assert "tiny/RESULTS.md" in readme.read_text()
+
+
+def test_images_too_small_for_ms_ssim_get_no_ms_ssim_figures(tmp_path, photo_crops):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    for i, c in enumerate(photo_crops[:2]):
+        Image.fromarray(c[:96, :96]).save(d / f"t{i}.png")
+    r = _run(d, "--codecs", "jpeg-420,webp", "--points", "4", "--no-coldstart", "--scaling-sizes", "none",
+             "--no-reference", "-o", tmp_path / "o", "--quiet", "--jobs", "1")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "RESULTS.md").read_text()
+    assert not (tmp_path / "o" / "rd-msssim-db.png").exists() and "rd-msssim-db.png)" not in md
+    ms_table = md.split("### BD-rate, MS-SSIM")[1]
+    assert "– (no data)" in ms_table and "no overlap" not in ms_table
