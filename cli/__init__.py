@@ -535,7 +535,8 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
     try:
         head = aecodec.info(raw)
         try:  # from the header, before the decode: a format that cannot hold the image is refused
-            plan = save_plan(fmt, head["mode"], bool(head.get("icc_profile_bytes")), image_quality)
+            plan = save_plan(fmt, head["mode"], bool(head.get("icc_profile_bytes")), image_quality,
+                             size=(head["width"], head["height"]))
         except ImageError as e:
             raise UsageProblem(f"{out}: {e}") from None
         img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
@@ -546,10 +547,8 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
     for w in plan.warnings:
         say(f"aecodec: warning: {out}: {w}")
     params = dict(plan.params)
-    if "icc_profile" in params:
-        params["icc_profile"] = img.info.get("icc_profile")
-        if not params["icc_profile"]:
-            del params["icc_profile"]
+    if plan.keep_icc and img.info.get("icc_profile"):
+        params["icc_profile"] = img.info["icc_profile"]
     buf = io.BytesIO()
     try:
         img.save(buf, format=fmt, **params)
@@ -633,7 +632,7 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
                f"  image     {d['width']}x{d['height']} {d['mode']}\n"
                f"  quality   {d['quality']}\n"
                f"  model     {d['model']}"
-               + (f" (cannot be decoded here: {d['model_problem'].removeprefix('the file ')})"
+               + (f" (cannot be decoded here: {d['model_problem']})"
                   if not d.get("decodable", True) else "") + "\n"
                f"  latents   y {d['y_shape'][0]}x{d['y_shape'][1]}, z {d['z_shape'][0]}x{d['z_shape'][1]}\n"
                f"  size      {d['file_bytes']} bytes, {d['bpp']:.4f} bpp "

@@ -235,14 +235,17 @@ def info(data: bytes) -> Dict:
         d["chunks"].setdefault(tag.decode("latin-1"), len(blob))
     icc = decode_icc(c)
     d["icc_profile_bytes"] = len(icc) if icc else 0
-    try:
-        from .weights import WeightsError, model_problem
+    from .weights import WeightsError, model_problem
 
+    try:
         problem = model_problem(c.header.model_id)
+        problem = problem and f"the file {problem}"
     except WeightsError as e:
         problem = str(e)
+    except (KeyError, TypeError, AttributeError) as e:  # a manifest in the wrong shape
+        problem = f"the weights manifest is damaged ({type(e).__name__}: {e}); reinstall aecodec"
     d["decodable"] = problem is None  # by this installation's models (the header alone says nothing)
     if problem:
-        d["model_problem"] = f"the file {problem}"
+        d["model_problem"] = problem
     return d
 

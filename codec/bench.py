@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .bdrate import METHOD as BD_METHOD
-from .bdrate import bd_rate_reported, msssim_db
+from .bdrate import MIN_POINTS, bd_rate_reported, msssim_db
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim with the default 11x11 window and 5 scales
@@ -1547,7 +1547,7 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
              f"BD-rates: Bjøntegaard delta rate with **{BD_METHOD}** interpolation of log-rate against quality, "
              "integrated over the overlap of the two curves' quality ranges (shown in brackets with the test "
              "codec's bpp over that overlap); nothing extrapolated, and no BD-rate from a curve of fewer "
-             "than 4 points (a sweep with --points 2 or 3 gets none).")
+             f"than {MIN_POINTS} points (a short sweep with fewer gets none).")
     if small:
         L.append(f"\nMS-SSIM is not computed for {len(small)} image(s) with a side under {MSSSIM_MIN_SIDE} px "
                  "(the 5-scale pyramid does not fit): MS-SSIM columns show – for them.")

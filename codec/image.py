@@ -20,12 +20,14 @@ What happens to each kind of input (see docs/ROBUSTNESS.md):
 
 from __future__ import annotations
 
+import functools
+import io
 import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -314,14 +316,13 @@ def planes_to_pil(rgb: np.ndarray, alpha: Optional[np.ndarray], mode: str, icc: 
 
 # -- writing a decoded image in another format ---------------------------------
 
-# Lossy formats Pillow writes, and the quality keyword each takes (1..100).
-LOSSY_OUTPUTS = {"JPEG": "quality", "WEBP": "quality", "AVIF": "quality", "HEIF": "quality", "JXL": "quality"}
+# Lossy formats Pillow writes (PDF and MPO store JPEG), and the quality keyword each takes (1..100).
+LOSSY_OUTPUTS = {"JPEG": "quality", "WEBP": "quality", "AVIF": "quality", "HEIF": "quality", "JXL": "quality",
+                 "MPO": "quality", "PDF": "quality"}
 DEFAULT_OUTPUT_QUALITY = 95  # a second lossy step should cost little
 # Formats whose Pillow writer stores an ICC profile (JPEG 2000, BMP, GIF do not).
 ICC_OUTPUTS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL"}
-# Formats that keep an alpha channel as decoded (BMP's 32-bit variant is read back as RGB by
-# Pillow and most viewers; GIF has one transparent palette entry at most).
-ALPHA_OUTPUTS = {"PNG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL", "JPEG2000", "QOI"}
+MAX_SIDE = {"ICO": 256}  # Pillow scales a larger image down to fit
 
 
 @dataclass
@@ -332,22 +333,50 @@ class SavePlan:
     params: dict
     warnings: List[str]
     lossy: Optional[int] = None  # the quality of a lossy format
+    keep_icc: bool = False  # pass the image's ICC profile as ``icc_profile``
 
 
-def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = None) -> SavePlan:
-    """Decide, before decoding, how an image of ``mode`` (L, LA, RGB, RGBA) is written as
-    Pillow format ``fmt``.  Raises ImageError when the format cannot hold the image
-    (alpha in JPEG or BMP, a mode Pillow cannot write in that format), so that nothing
-    is decoded in vain and no partial file is written."""
-    alpha = mode in ("LA", "RGBA")
-    if alpha and fmt != "GIF" and fmt not in ALPHA_OUTPUTS:
-        raise ImageError(f"{fmt} cannot hold the alpha channel; use .png (or .webp, .tiff)")
-    try:  # can Pillow write the mode in this format at all? (a small image, in memory)
-        import io
-
+@functools.lru_cache(maxsize=None)
+def _writes(fmt: str, mode: str) -> Optional[str]:
+    """None if Pillow writes ``mode`` as ``fmt`` (a small image, in memory), else why not."""
+    try:
         Image.new(mode, (32, 32)).save(io.BytesIO(), format=fmt)
+        return None
     except Exception as e:  # noqa: BLE001  (Pillow's writers raise many kinds)
-        raise ImageError(f"{fmt} cannot hold a {mode} image ({_one_line(e)}); use .png") from None
+        return _one_line(e)
+
+
+@functools.lru_cache(maxsize=None)
+def _keeps_alpha(fmt: str, mode: str) -> bool:
+    """Does a ``mode`` image written as ``fmt`` read back with its alpha channel?  Decided by a
+    round trip (BMP's 32-bit variant, for one, is read back without it; so are most formats)."""
+    a = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    im = Image.merge(mode, [Image.fromarray(a)] * (len(mode) - 1) + [Image.fromarray(a.T.copy())])
+    buf = io.BytesIO()
+    try:
+        im.save(buf, format=fmt)
+        with Image.open(io.BytesIO(buf.getvalue())) as back:
+            back.load()
+            return back.mode in ("LA", "RGBA", "La", "RGBa", "PA")
+    except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: not trusted)
+        return False
+
+
+def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = None,
+              size: Optional[Tuple[int, int]] = None) -> SavePlan:
+    """Decide, before decoding, how an image of ``mode`` (L, LA, RGB, RGBA) and ``size`` is
+    written as Pillow format ``fmt``.  Raises ImageError when the format cannot hold the
+    image (alpha in JPEG or BMP, a mode Pillow cannot write in that format, an image
+    too large for ICO), so that nothing is decoded in vain and no partial file is written."""
+    alpha = mode in ("LA", "RGBA")
+    why = _writes(fmt, mode)
+    if why is not None and not alpha:
+        raise ImageError(f"{fmt} cannot hold a {mode} image ({why}); use .png")
+    if alpha and fmt != "GIF" and (why is not None or not _keeps_alpha(fmt, mode)):
+        raise ImageError(f"{fmt} cannot hold the alpha channel; use .png (or .webp, .tiff)")
+    if size and fmt in MAX_SIDE and max(size) > MAX_SIDE[fmt]:
+        raise ImageError(f"{fmt} holds at most {MAX_SIDE[fmt]}x{MAX_SIDE[fmt]} pixels; this image is "
+                         f"{size[0]}x{size[1]} (use .png)")
     params, notes = {}, []
     q = None
     if fmt in LOSSY_OUTPUTS:
@@ -355,16 +384,13 @@ def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = N
         if not 1 <= q <= 100:
             raise ValueError(f"output quality {q} is not in 1..100")
         params[LOSSY_OUTPUTS[fmt]] = q
-        if fmt == "JPEG":
+        if fmt in ("JPEG", "MPO"):
             params["subsampling"] = 0  # 4:4:4: the decoded colours are not halved again
     if fmt == "GIF":
         notes.append("GIF holds at most 256 colours and no partial transparency: the image is reduced to "
                      "a palette" + (" and its alpha channel may be lost" if alpha else "")
                      + " (use .png to keep it as decoded)")
-    if icc:
-        if fmt in ICC_OUTPUTS:
-            params["icc_profile"] = True  # the caller puts the profile's bytes here
-        else:
-            notes.append(f"{fmt} cannot hold the image's ICC profile; it is not saved")
-    return SavePlan(fmt, params, notes, q)
-
+    keep_icc = bool(icc) and fmt in ICC_OUTPUTS
+    if icc and not keep_icc:
+        notes.append(f"{fmt} cannot hold the image's ICC profile; it is not saved")
+    return SavePlan(fmt, params, notes, q, keep_icc)

@@ -76,7 +76,7 @@ def _save(im: Image.Image, fp, filename) -> None:
 
 def _save_all(im: Image.Image, fp, filename) -> None:
     """``save_all=True``: an .aec file holds one image, so only a single frame can be saved."""
-    n = getattr(im, "n_frames", 1)
+    n = getattr(im, "n_frames", 1) + len(im.encoderinfo.get("append_images") or [])
     if n > 1:
         raise ValueError(f"cannot save as .aec: the format holds one image and this one has {n} frames "
                          "(save one frame, without save_all=True)")

@@ -366,9 +366,6 @@ class Trainer:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-        if resume is not None and args.init:
-            raise SystemExit(f"error: {ckpt} would be resumed and --init ignored: add --fresh to start over "
-                             f"from {args.init} (replacing that checkpoint), or leave out --init to resume")
         if resume is not None:
             had = resume["config"].get("lambdas")
             if lambdas is None:
@@ -722,6 +719,9 @@ class Trainer:
                     if validate:
                         last_val = last_ckpt
         except KeyboardInterrupt:
+            if self._stop_signal is not None:  # a second signal during a step: abort, no half-step checkpoint
+                self._restore_signals(previous)
+                raise
             self._stop_signal = "SIGINT"
         finally:
             if bar is not None:
@@ -900,11 +900,9 @@ def build_parser() -> argparse.ArgumentParser:
                 return h
             return super()._get_help_string(action)
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, as the rest of the command line (not the ~12-line usage)
-            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    from ._argparse import OneLineParser
 
-    p = Parser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
+    p = OneLineParser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
     p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
     p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
                    help="checkpoints and logs; an existing last.pt here is resumed")
@@ -1033,13 +1031,18 @@ def _main(parser, args) -> int:
         return 0
     if args.amp == "auto":
         parser.error("--amp auto is for --probe-batches; train with --amp off or bf16")
+    last = Path(args.run_dir).expanduser() / "last.pt"
+    if args.init and not args.fresh and last.exists():  # before minutes of loading images
+        parser.error(f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
+                     "(replacing that checkpoint), or leave out --init to resume")
     import signal
 
+    trainer = Trainer(args)
     try:
-        stopped = Trainer(args).run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
-    except KeyboardInterrupt:
+        stopped = trainer.run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
+    except KeyboardInterrupt:  # a second signal: no checkpoint of a half-done step
         print("aborted; the run directory keeps its previous checkpoint", file=sys.stderr)
-        return 128 + signal.SIGINT
+        stopped = getattr(trainer, "_stop_signal", None) or "SIGINT"
     return 128 + signal.Signals[stopped].value if stopped else 0  # 130 after Ctrl-C, 143 after kill
 
 

@@ -152,6 +152,8 @@ def test_pillow_saves_aec(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with Image.open(tmp_path / "anim.gif") as im, pytest.raises(ValueError, match="2 frames"):
         im.save(tmp_path / "anim.aec", save_all=True)
+    with pytest.raises(ValueError, match="2 frames"):
+        frames[0].save(tmp_path / "anim.aec", save_all=True, append_images=frames[1:])
     assert not (tmp_path / "anim.aec").exists()
 
 
@@ -165,8 +167,9 @@ def test_pillow_plugin_closes_the_file_and_names_damage(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
         im = Image.open(tmp_path / "x.aec")
+        fp = im.fp
         im.load()
-        assert im.fp is None  # let go after load, as PNG does (no handle per image in a loop)
+        assert fp.closed and im.fp is None  # let go after load, as PNG does (no handle per image in a loop)
         assert im.size == (20, 24)
     bad = bytearray(data)
     bad[12] ^= 0xFF  # inside the header
@@ -204,3 +207,16 @@ def test_compress_to_size_picks_the_best_level_that_fits(photo_crops, kind):
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="max_bytes"):
             aecodec.compress_to_size(img, bad)
+
+
+def test_save_plan_refuses_what_a_format_cannot_hold():
+    from aecodec.image import ImageError, save_plan
+
+    with pytest.raises(ImageError, match="256x256"):
+        save_plan("ICO", "RGB", size=(300, 200))  # Pillow would scale it down
+    assert save_plan("ICO", "RGB", size=(64, 64)).warnings == []
+    with pytest.raises(ImageError, match="alpha"):
+        save_plan("BMP", "RGBA")
+    assert save_plan("PNG", "RGBA", icc=True).keep_icc
+    plan = save_plan("BMP", "RGB", icc=True)
+    assert not plan.keep_icc and "ICC" in plan.warnings[0]

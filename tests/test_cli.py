@@ -477,6 +477,10 @@ def test_alpha_and_icc_outputs_keep_them_or_say_so(work):
     assert run("compress", work / "la.png", "-q", "1").exit_code == 0
     r = run("decompress", work / "la.aec", "-o", work / "la.ppm")
     assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "alpha" in r.stderr, r.output
+    r = run("decompress", work / "a.aec", "-o", work / "a.tga")  # TGA keeps alpha (decided by a round trip)
+    assert r.exit_code == 0 and Image.open(work / "a.tga").mode == "RGBA", r.output
+    r = run("decompress", work / "a.aec", "-o", work / "a.ico")  # 128x96 fits in an icon
+    assert r.exit_code == 0, r.output
 
 
 def test_lossy_outputs_say_so_and_take_a_quality(work):
@@ -494,6 +498,8 @@ def test_lossy_outputs_say_so_and_take_a_quality(work):
     assert "(lossy)" not in r.stderr
     r = run("decompress", work / "photo.aec", "-o", work / "bad.jpg", "--image-quality", "0")
     assert r.exit_code == 2 and not (work / "bad.jpg").exists()
+    r = run("decompress", work / "photo.aec", "-o", work / "p.pdf")  # a PDF holds a JPEG
+    assert r.exit_code == 0 and "PDF quality 95 (lossy)" in r.stderr, r.output
 
 
 def test_heatmap_without_matplotlib_is_one_line(work, monkeypatch):

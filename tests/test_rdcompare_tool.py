@@ -74,7 +74,12 @@ def test_no_bd_rate_from_too_few_points_or_unlike_grids(tmp_path):
     three = {k: (v[:3] if k != "name" else v) for k, v in new.items()}
     text = rdcompare.report(three, {"webp": anchor}, previous=new)
     assert "| webp | – (3 points, needs 4) |" in text  # a figure three points cannot support: none
-    assert "| previous release | – (other levels) |" in text  # 3 levels against 4: not like with like
+    # 3 levels against 4: compared on the 3 in common, which are too few for a BD-rate
+    assert "| previous release (levels 1, 2, 3 in common) | – (3 points, needs 4) |" in text
+    five = {**new, "bpp": np.append(new["bpp"], 3.2), "psnr": np.append(new["psnr"], 40.0),
+            "ms": np.append(new["ms"], 0.995), "quality": new["quality"] + [5]}
+    text = rdcompare.report(five, {"webp": anchor}, previous=new)  # the same weights, one more level
+    assert "| previous release (levels 1, 2, 3, 4 in common) | +0.0 % | +0.0 % |" in text
     tool = [sys.executable, str(ROOT / "tools" / "rdcompare.py")]
     r = subprocess.run(tool + [str(d), "--anchors", "webp", "--previous", str(d / "webp.json")],
                        capture_output=True, text=True, timeout=60)

@@ -233,8 +233,11 @@ def test_init_is_not_silently_ignored_by_a_resume(data_dir, tmp_path):
     a.train_step()
     a.save()
     export_checkpoint(a.save(), tmp_path / "a.safetensors")
-    with pytest.raises(SystemExit, match="--init ignored: add --fresh"):
-        _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"))
+    from aecodec.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(data_dir), "--run-dir", str(tmp_path / "a"), "--init", str(tmp_path / "a.safetensors")])
+    assert e.value.code == 2
     assert _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"), "--fresh").step == 0
     assert _trainer(data_dir, tmp_path / "a").step == 1  # a plain resume is unchanged
 
@@ -645,3 +648,25 @@ def test_help_states_each_default_once():
     h = build_parser().format_help()
     assert "(default: None)" not in h and "kept in the checkpoint) (default" not in h
     assert "(default: 4)" in h and "(default: 0)" in h  # --batch, --seed: said by the formatter
+
+
+def test_a_second_signal_aborts_without_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    """The first SIGTERM asks for a checkpoint after the step; a second one during that step aborts
+    (no checkpoint of a half-done step) and the exit status still names SIGTERM."""
+    import os
+    import signal
+
+    from aecodec import train as T
+
+    def step(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
+        raise AssertionError("the second signal did not abort the step")
+
+    monkeypatch.setattr(T.Trainer, "_train_step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = T.main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--N", "16", "--M", "24", "--crop", "64",
+                 "--batch", "2", "--val-crop", "64", "--threads", "1", "--quiet"])
+    assert rc == 128 + signal.SIGTERM
+    assert not (tmp_path / "r" / "last.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone

@@ -58,7 +58,7 @@ def test_a_retired_model_is_refused_with_directions_then_decodes_when_put_back(t
 
     (tmp_path / "old.aec").write_bytes(data)
     r = CliRunner().invoke(main, ["info", str(tmp_path / "old.aec")])
-    assert r.exit_code == 0 and "cannot be decoded here: was made with model" in r.output, r.output
+    assert r.exit_code == 0 and "cannot be decoded here: the file was made with model" in r.output, r.output
 
     shutil.move(tmp_path / old["file"], d / old["file"])
     monkeypatch.setattr(W, "_cache", {})

@@ -56,9 +56,7 @@ def evaluate(data, files, val_images: int = 8, crop: int = 256, train_images: in
 
 
 def main(argv=None) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, as the project's other commands
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    from aecodec._argparse import OneLineParser as Parser
 
     p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="the training data folder (its held-out images are used)")
@@ -87,12 +85,13 @@ def main(argv=None) -> int:
         for f in a.weights:  # every file checked before minutes are spent on the first
             state = load_state_dict_file(f)  # first: it turns a file that is not safetensors into WeightsError
             build_model(read_metadata(f), state)
-        _, held_out = training_split(a.data, a.val_images)
+        train, held_out = training_split(a.data, a.val_images)
     except (WeightsError, KeyError, ValueError) as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
     if len(held_out) < a.val_images:  # training's rule: at most one image in 20 is held out
-        print(f"note: {len(held_out)} held-out image(s), not {a.val_images}: aecodec train holds out at most "
-              f"one image in 20 of {a.data}", file=sys.stderr)
+        n = len(train) + len(held_out)
+        print(f"note: {len(held_out)} held-out image(s), not {a.val_images}: of the {n} images in {a.data}, "
+              "aecodec train holds out one in 20 at most (at least one)", file=sys.stderr)
     try:
         rows = evaluate(a.data, a.weights, a.val_images, a.crop, a.train_images)
     except (WeightsError, KeyError, ValueError) as e:  # not aecodec weights: one line, exit 1

@@ -68,6 +68,13 @@ def psnr_at_rate(curve: dict, bpp: float) -> float:
     return float(PchipInterpolator(r, curve["psnr"])(np.log(bpp)))
 
 
+def _levels(curve: dict, levels) -> dict:
+    """The curve at those quality levels only."""
+    keep = [i for i, q in enumerate(curve["quality"]) if q in set(levels)]
+    return {**{k: curve[k][keep] for k in ("bpp", "psnr", "ms")}, "quality": [curve["quality"][i] for i in keep],
+            "name": curve["name"]}
+
+
 def report(new: dict, anchors: dict, previous: dict = None) -> str:
     bd = _import_bdrate()
     lines = ["| q | bpp | PSNR (dB) | MS-SSIM |" + (" Δbpp | ΔPSNR |" if previous else ""),
@@ -89,12 +96,14 @@ def report(new: dict, anchors: dict, previous: dict = None) -> str:
         return f"– ({why})" if r is None else f"{r.rate:+.1f} %"
 
     for name, c in others.items():
+        t = new
         if name == "previous release" and sorted(c["quality"]) != sorted(new["quality"]):
-            # a BD-rate between two grids of the same weights is not zero: compare like with like
-            lines.append(f"| {name} | – (other levels) | – (other levels) |")
-            continue
-        p = bd.bd_rate_reported(c["bpp"], c["psnr"], new["bpp"], new["psnr"])
-        m = bd.bd_rate_reported(c["bpp"], bd.msssim_db(c["ms"]), new["bpp"], bd.msssim_db(new["ms"]))
+            # a BD-rate between two grids of the same weights is not zero: compare the levels both have
+            common = sorted(set(c["quality"]) & set(new["quality"]))
+            c, t = _levels(c, common), _levels(new, common)
+            name = f"previous release (levels {', '.join(map(str, common)) or 'none'} in common)"
+        p = bd.bd_rate_reported(c["bpp"], c["psnr"], t["bpp"], t["psnr"])
+        m = bd.bd_rate_reported(c["bpp"], bd.msssim_db(c["ms"]), t["bpp"], bd.msssim_db(t["ms"]))
         lines.append(f"| {name} | {fmt(p)} | {fmt(m)} |")
     lines += ["", "PSNR gap at equal rate (aecodec minus codec, dB), per aecodec level:", ""]
     lines.append("| codec | " + " | ".join(f"q{q}" for q in new["quality"]) + " |")
@@ -114,9 +123,10 @@ def image_point(per_image: Path, image: str, quality: int) -> str:
 
 
 def main(argv=None) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, as the project's other commands
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    try:
+        from aecodec._argparse import OneLineParser as Parser
+    except ImportError:  # run from a checkout without an install: argparse's own errors
+        Parser = argparse.ArgumentParser
 
     p = Parser(prog="python tools/rdcompare.py", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,7 +156,8 @@ def main(argv=None) -> int:
     previous = load_curve(Path(a.previous)) if a.previous else None
     if previous is not None and previous["name"] != new["name"]:
         p.error(f"--previous {a.previous} holds {previous['name']!r} results, not {new['name']!r}")
-    point = image_point(folder / "per-image" / "aecodec.jsonl", a.image, a.quality or 6) if a.image else None
+    level = 6 if a.quality is None else a.quality
+    point = image_point(folder / "per-image" / "aecodec.jsonl", a.image, level) if a.image else None
     print(report(new, anchors, previous))  # after every check: no tables, then an error
     if point:
         print()

@@ -69,9 +69,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def stage(path: Path, directory: Path) -> dict:
-    from aecodec.weights import register
-
-    from aecodec.weights import WeightsError, read_manifest
+    from aecodec.weights import WeightsError, read_manifest, register
 
     entry = check(path)
     directory = Path(directory)
@@ -122,18 +120,17 @@ def ship(path: Path, weights: Path = ROOT / "weights", git: bool = True) -> dict
 
 
 def main(argv=None) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, as the project's other commands
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    from aecodec._argparse import OneLineParser as Parser
 
     p = Parser(prog="python tools/release.py", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{check,stage,ship}", parser_class=Parser)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     sub.add_parser("check", help="check a release file").add_argument("file")
     s = sub.add_parser("stage", help="a weights folder with the file as its default, to benchmark")
     s.add_argument("file")
     s.add_argument("dir")
     sub.add_parser("ship", help="make the file the default in weights/ and retire the old one").add_argument("file")
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # named in the error when none is given
     a = p.parse_args(argv)
     try:
         if a.cmd == "check":
