@@ -99,6 +99,8 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
             raise _UsageProblem(f"{n}: {why}")
     sizes = _floats(scaling_sizes, "--scaling-sizes")
     dataset = Path(dataset_dir)
+    if dataset.exists() and not dataset.is_dir():
+        raise _UsageProblem(f"{dataset_dir}: a file; DATASET_DIR is a folder of images")
     if not dataset.is_dir():
         raise _DataError(f"{dataset_dir}: no such directory")
     out_dir = Path(out) if out else Path("benchmarks") / dataset.resolve().name

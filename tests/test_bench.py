@@ -289,6 +289,9 @@ def test_bench_usage_and_data_errors(tmp_path, crops_dir):
     assert not (tmp_path / "o").exists()
     r = _run(tmp_path / "missing", "-o", tmp_path / "o")
     assert r.exit_code == 1 and "no such directory" in r.output
+    (tmp_path / "k1.png").write_bytes(b"x")
+    r = _run(tmp_path / "k1.png", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "a folder of images" in r.output
     empty = tmp_path / "empty"
     empty.mkdir()
     r = _run(empty, "--codecs", "jpeg-420", "-o", tmp_path / "o", "--no-coldstart", "--scaling-sizes", "none")
