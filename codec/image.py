@@ -321,8 +321,9 @@ LOSSY_OUTPUTS = {"JPEG": "quality", "WEBP": "quality", "AVIF": "quality", "HEIF"
                  "MPO": "quality", "PDF": "quality"}
 DEFAULT_OUTPUT_QUALITY = 95  # a second lossy step should cost little
 # Formats whose Pillow writer stores an ICC profile (JPEG 2000, BMP, GIF do not).
-ICC_OUTPUTS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF", "JXL"}
+ICC_OUTPUTS = {"PNG", "JPEG", "MPO", "WEBP", "TIFF", "AVIF", "HEIF", "JXL"}
 MAX_SIDE = {"ICO": 256}  # Pillow scales a larger image down to fit
+ICON_SIZES = {"ICNS": "ICNS stores fixed square icon sizes (the image would be stretched)"}
 
 
 @dataclass
@@ -374,10 +375,14 @@ def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = N
         raise ImageError(f"{fmt} cannot hold a {mode} image ({why}); use .png")
     if alpha and fmt != "GIF" and (why is not None or not _keeps_alpha(fmt, mode)):
         raise ImageError(f"{fmt} cannot hold the alpha channel; use .png (or .webp, .tiff)")
+    if fmt in ICON_SIZES:
+        raise ImageError(f"{ICON_SIZES[fmt]}; use .png")
     if size and fmt in MAX_SIDE and max(size) > MAX_SIDE[fmt]:
         raise ImageError(f"{fmt} holds at most {MAX_SIDE[fmt]}x{MAX_SIDE[fmt]} pixels; this image is "
                          f"{size[0]}x{size[1]} (use .png)")
     params, notes = {}, []
+    if fmt == "ICO" and size:
+        params["sizes"] = [tuple(size)]  # the image's own size, not Pillow's standard sizes below it
     q = None
     if fmt in LOSSY_OUTPUTS:
         q = DEFAULT_OUTPUT_QUALITY if quality is None else int(quality)

@@ -331,8 +331,21 @@ def atomic_torch_save(obj, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # an error or an abort mid-write: the previous file stays, no stray .tmp
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def init_conflict(args) -> Optional[str]:
+    """Why --init cannot be used as given (a checkpoint in --run-dir would be resumed), or None."""
+    last = Path(args.run_dir).expanduser() / "last.pt"
+    if getattr(args, "init", None) and not getattr(args, "fresh", False) and last.exists():
+        return (f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
+                "(replacing that checkpoint), or leave out --init to resume")
+    return None
 
 
 class Trainer:
@@ -361,6 +374,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.sampler = self._make_sampler(train_imgs, args.seed)
         ckpt = self.run_dir / "last.pt"
+        if init_conflict(args):
+            raise SystemExit(f"error: {init_conflict(args)}")
         resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
@@ -1016,6 +1031,8 @@ def _main(parser, args) -> int:
             parse_lambdas(args.lambdas)
         except ValueError as e:
             parser.error(str(e))
+    if init_conflict(args):  # before minutes of loading images
+        parser.error(init_conflict(args))
     tune_malloc()
     if args.probe_batches:
         try:
@@ -1031,14 +1048,12 @@ def _main(parser, args) -> int:
         return 0
     if args.amp == "auto":
         parser.error("--amp auto is for --probe-batches; train with --amp off or bf16")
-    last = Path(args.run_dir).expanduser() / "last.pt"
-    if args.init and not args.fresh and last.exists():  # before minutes of loading images
-        parser.error(f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
-                     "(replacing that checkpoint), or leave out --init to resume")
+
     import signal
 
-    trainer = Trainer(args)
+    trainer = None
     try:
+        trainer = Trainer(args)  # loading takes a while: Ctrl-C here is an abort too, not a traceback
         stopped = trainer.run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     except KeyboardInterrupt:  # a second signal: no checkpoint of a half-done step
         print("aborted; the run directory keeps its previous checkpoint", file=sys.stderr)

@@ -217,6 +217,8 @@ def test_save_plan_refuses_what_a_format_cannot_hold():
     assert save_plan("ICO", "RGB", size=(64, 64)).warnings == []
     with pytest.raises(ImageError, match="alpha"):
         save_plan("BMP", "RGBA")
+    with pytest.raises(ImageError, match="stretched"):
+        save_plan("ICNS", "RGB", size=(64, 64))
     assert save_plan("PNG", "RGBA", icc=True).keep_icc
     plan = save_plan("BMP", "RGB", icc=True)
     assert not plan.keep_icc and "ICC" in plan.warnings[0]

@@ -479,8 +479,8 @@ def test_alpha_and_icc_outputs_keep_them_or_say_so(work):
     assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "alpha" in r.stderr, r.output
     r = run("decompress", work / "a.aec", "-o", work / "a.tga")  # TGA keeps alpha (decided by a round trip)
     assert r.exit_code == 0 and Image.open(work / "a.tga").mode == "RGBA", r.output
-    r = run("decompress", work / "a.aec", "-o", work / "a.ico")  # 128x96 fits in an icon
-    assert r.exit_code == 0, r.output
+    r = run("decompress", work / "a.aec", "-o", work / "a.ico")  # 128x96 fits in an icon, at its own size
+    assert r.exit_code == 0 and Image.open(work / "a.ico").size == (128, 96), r.output
 
 
 def test_lossy_outputs_say_so_and_take_a_quality(work):

@@ -238,6 +238,12 @@ def test_init_is_not_silently_ignored_by_a_resume(data_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(data_dir), "--run-dir", str(tmp_path / "a"), "--init", str(tmp_path / "a.safetensors")])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:  # the batch probe too (it would probe the resumed model)
+        main([str(data_dir), "--run-dir", str(tmp_path / "a"), "--init", str(tmp_path / "a.safetensors"),
+              "--probe-batches", "2"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit, match="--init ignored"):  # and the library's Trainer itself
+        _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"))
     assert _trainer(data_dir, tmp_path / "a", "--init", str(tmp_path / "a.safetensors"), "--fresh").step == 0
     assert _trainer(data_dir, tmp_path / "a").step == 1  # a plain resume is unchanged
 
@@ -670,3 +676,31 @@ def test_a_second_signal_aborts_without_a_checkpoint(data_dir, tmp_path, monkeyp
     assert rc == 128 + signal.SIGTERM
     assert not (tmp_path / "r" / "last.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone
+
+
+def test_an_aborted_checkpoint_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from aecodec import train as T
+
+    T.atomic_torch_save({"v": 1}, tmp_path / "last.pt")
+
+    def interrupted(obj, f):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.atomic_torch_save({"v": 2}, tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt")["v"] == 1 and not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_ctrl_c_while_loading_is_an_abort_not_a_traceback(data_dir, tmp_path, monkeypatch, capsys):
+    from aecodec import train as T
+
+    def loading(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "load_rgb", loading)
+    rc = T.main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--N", "16", "--M", "24", "--crop", "64",
+                 "--batch", "2", "--val-crop", "64", "--threads", "1", "--quiet"])
+    assert rc == 130 and "aborted" in capsys.readouterr().err
