@@ -1616,11 +1616,14 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
                              f"{min(r['wall_s']):.2f}–{max(r['wall_s']):.2f}", _fmt(r["peak_rss_mib"], ".0f")]
                             for r in coldstart["rows"]]))
     L.append("\n## Files\n")
+    pngs = ", ".join(f"`{os.path.relpath(p, out)}`" for p in plots.values())
+    meta = [f"`meta/{f}`: {what}" for f, what, there in (("scaling.jsonl", "speed against image size", scaling),
+                                                         ("coldstart.json", "cold start", coldstart)) if there]
     L.append("- `<codec>.json`: CompressAI-format results (means per quality point), readable by "
              "`python -m compressai.utils.plot`\n- `per-image/<codec>.jsonl`: every point on every image (also "
-             "the cache a later run resumes from)\n- `rd-psnr.png`, `rd-msssim-db.png`: the plots\n"
-             "- `meta/scaling.jsonl`, `meta/coldstart.json`: speed against image size, cold start\n"
-             "- `meta/summary.json`: everything above, machine-readable")
+             "the cache a later run resumes from)\n" + (f"- {pngs}: the plots\n" if pngs else "")
+             + "".join(f"- {m}\n" for m in meta)
+             + "- `meta/summary.json`: everything above, machine-readable")
     return "\n".join(L) + "\n"
 
 

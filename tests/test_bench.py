@@ -408,3 +408,12 @@ def test_images_too_small_for_ms_ssim_get_no_ms_ssim_figures(tmp_path, photo_cro
     assert not (tmp_path / "o" / "rd-msssim-db.png").exists() and "rd-msssim-db.png)" not in md
     ms_table = md.split("### BD-rate, MS-SSIM")[1]
     assert "– (no data)" in ms_table and "no overlap" not in ms_table
+
+
+def test_the_files_list_names_only_what_was_written(tmp_path, crops_dir):
+    r = _run(crops_dir, "--codecs", "jpeg-420", "--points", "2", "--no-coldstart", "--scaling-sizes", "none",
+             "--no-reference", "-o", tmp_path / "o", "--quiet")
+    assert r.exit_code == 0, r.output
+    files = (tmp_path / "o" / "RESULTS.md").read_text().split("## Files")[1]
+    assert "coldstart.json" not in files and "`rd-psnr.png`" in files
+    assert not (tmp_path / "o" / "meta" / "coldstart.json").exists()
