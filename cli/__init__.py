@@ -451,6 +451,7 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
         raise DataError(str(e)) from None
     for note in planes.notes:
         say(f"aecodec: warning: {inp}: {note}")
+    models_before = _loaded_models()
     try:
         data = compress_planes(planes, quality, max_pixels=max_pixels, max_bytes=max_bytes)
     except aecodec.SizeError as e:
@@ -459,10 +460,11 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
         raise DataError(f"{inp}: {e}") from None
     _write_output(out, data, force)
     if not quiet:
+        loading = " (with loading the model)" if _loaded_models() > models_before else ""
         bpp = 8 * len(data) / (planes.width * planes.height)
         q = aecodec.info(data)["quality"]
         say(f"{inp} -> {out}: {planes.width}x{planes.height} {planes.mode}, q{q}, "
-            f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s")
+            f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s{loading}")
 
 
 @main.command()
@@ -491,6 +493,12 @@ def compress(ctx, inputs, output: Optional[str], out_dir: Optional[str], quality
         quality = QUALITIES[-1]  # --max-size alone: the best level that fits
     _run_batch("compress", inputs, output, out_dir, ".aec", progress,
                lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say, max_size))
+
+
+def _loaded_models() -> int:
+    from aecodec.weights import loaded_models
+
+    return loaded_models()
 
 
 def _starts_with(p: Path, magic: bytes) -> bool:
@@ -539,6 +547,7 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
                              size=(head["width"], head["height"]))
         except ImageError as e:
             raise UsageProblem(f"{out}: {e}") from None
+        models_before = _loaded_models()
         img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
@@ -556,8 +565,9 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
         raise UsageProblem(f"{out}: cannot write the {img.mode} image as {fmt} ({e})") from None
     _write_output(out, buf.getvalue(), force)
     if not quiet:
+        loading = " (with loading the model)" if _loaded_models() > models_before else ""
         lossy = f", {fmt} quality {plan.lossy} (lossy)" if plan.lossy else ""
-        say(f"{inp} -> {out}: {img.width}x{img.height} {img.mode}{lossy}, {time.time() - t0:.2f} s")
+        say(f"{inp} -> {out}: {img.width}x{img.height} {img.mode}{lossy}, {time.time() - t0:.2f} s{loading}")
 
 
 @main.command()

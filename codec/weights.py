@@ -130,6 +130,11 @@ def model_problem(model_id: str, manifest: Optional[Dict] = None) -> Optional[st
             f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
 
 
+def loaded_models() -> int:
+    """How many models this process has loaded (the command line's timings say when one was loaded)."""
+    return len(_cache)
+
+
 def load_model(model_id: Optional[str] = None):
     """The model for ``model_id`` (default: the current release), loaded once per process."""
     manifest = read_manifest()

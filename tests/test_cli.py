@@ -172,6 +172,16 @@ def test_batch_compress_one_failure_does_not_stop_the_others(many):
     assert "Traceback" not in r.output
 
 
+def test_the_time_that_loaded_the_model_says_so(many, monkeypatch):
+    from aecodec import weights as W
+
+    monkeypatch.setattr(W, "_cache", {})  # a fresh process: the first file loads the model
+    r = run("compress", many / "a.png", many / "b.jpg", "-q", "1")
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if " -> " in line]
+    assert "(with loading the model)" in lines[0] and "(with loading" not in lines[1], lines
+
+
 def test_batch_decompress_and_out_dir(many):
     assert run("compress", many / "a.png", many / "b.jpg", "-q", "1").exit_code == 0
     (many / "broken.aec").write_bytes((many / "a.aec").read_bytes()[:-7])
