@@ -1134,7 +1134,7 @@ def _scaling(cfg, images, usable, keys, progress, log, out) -> List[Dict]:
                        heavy=lambda t: get_codec(t[0]).uses_torch and t[2] > HEAVY_MP)
         finally:
             bar.close()
-    if cfg.measure:  # drop the stale runs (other versions) of the codecs this run measured
+    if cfg.measure and (have or path.exists()):  # drop the stale runs (other versions) of this run's codecs
         have = {k: r for k, r in have.items() if not (r["codec"] in usable and r["key"] != keys[r["codec"]])}
         path.write_text("".join(json.dumps(_clean(r), sort_keys=True) + "\n"
                                 for r in sorted(have.values(), key=lambda r: (r["codec"], r["mp"]))))

@@ -417,3 +417,4 @@ def test_the_files_list_names_only_what_was_written(tmp_path, crops_dir):
     files = (tmp_path / "o" / "RESULTS.md").read_text().split("## Files")[1]
     assert "coldstart.json" not in files and "`rd-psnr.png`" in files
     assert not (tmp_path / "o" / "meta" / "coldstart.json").exists()
+    assert not (tmp_path / "o" / "meta" / "scaling.jsonl").exists() and "scaling.jsonl" not in files
