@@ -339,6 +339,13 @@ def atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
+def crop_problem(side: int) -> Optional[str]:
+    """Why ``side`` cannot be a crop side (training, validation, tools/heldout.py), or None."""
+    if side < 64 or side % 64:
+        return f"must be a multiple of 64 (the model's downsampling), got {side}"
+    return None
+
+
 def init_conflict(args) -> Optional[str]:
     """Why --init cannot be used as given (a checkpoint in --run-dir would be resumed), or None."""
     last = Path(args.run_dir).expanduser() / "last.pt"
@@ -374,8 +381,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.sampler = self._make_sampler(train_imgs, args.seed)
         ckpt = self.run_dir / "last.pt"
-        if init_conflict(args):
-            raise SystemExit(f"error: {init_conflict(args)}")
+        conflict = init_conflict(args)
+        if conflict:
+            raise SystemExit(f"error: {conflict}")
         resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
@@ -984,10 +992,10 @@ def main(argv=None, prog=None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
-    for name, low in (("crop", 64), ("val_crop", 64)):
-        v = getattr(args, name)
-        if v < low or v % 64:
-            parser.error(f"--{name.replace('_', '-')} must be a multiple of 64 (the model's downsampling), got {v}")
+    for name in ("crop", "val_crop"):
+        why = crop_problem(getattr(args, name))
+        if why:
+            parser.error(f"--{name.replace('_', '-')} {why}")
     for name, low in (("batch", 1), ("N", 1), ("M", 1), ("threads", 1), ("log_every", 1), ("val_images", 1),
                       ("warmup", 0), ("steps", 0), ("decay_steps", 1), ("decay_start", 0)):
         v = getattr(args, name)
@@ -1031,8 +1039,9 @@ def _main(parser, args) -> int:
             parse_lambdas(args.lambdas)
         except ValueError as e:
             parser.error(str(e))
-    if init_conflict(args):  # before minutes of loading images
-        parser.error(init_conflict(args))
+    conflict = init_conflict(args)
+    if conflict:  # before minutes of loading images
+        parser.error(conflict)
     tune_malloc()
     if args.probe_batches:
         try:

@@ -74,11 +74,12 @@ def main(argv=None) -> int:
         p.error("--train-images must be 0 or more")
     if a.val_images < 1:
         p.error("--val-images must be at least 1")
-    if a.crop < 64 or a.crop % 64:
-        p.error(f"--crop must be a multiple of 64 (the model's downsampling), got {a.crop}")
+    from aecodec.train import crop_problem, training_split
+
+    if crop_problem(a.crop):
+        p.error(f"--crop {crop_problem(a.crop)}")
     if not Path(a.data).is_dir():
         p.error(f"no such folder: {a.data}")
-    from aecodec.train import training_split
     from aecodec.weights import WeightsError, build_model, load_state_dict_file, read_metadata
 
     try:
