@@ -214,6 +214,14 @@ def lr_at(step: int, base_lr: float, warmup: int, decay_start: Optional[int], de
     return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def plan_timed_decay(steps: int, seconds: float, seconds_left: float, margin: float = 0.97) -> int:
+    """Length in steps of a cosine decay that fills ``seconds_left`` of wall time at the rate
+    measured so far (``steps`` in ``seconds``, checkpoints and validations included), with a
+    small margin so that it ends before the deadline; 1 step/s when nothing was measured."""
+    rate = steps / seconds if steps > 0 and seconds > 0 else 1.0
+    return max(1, int(rate * max(0.0, seconds_left) * margin))
+
+
 class EMA:
     """Exponential moving average of a model's weights (what gets validated and exported).
 
@@ -437,6 +445,9 @@ class Trainer:
             self.warmup_from = self.step
         elif args.decay_now and self.decay_start is None:
             self.decay_start = self.step
+        if getattr(args, "decay_minutes", 0) and self.decay_start is not None:
+            raise SystemExit(f"error: the run in {self.run_dir} is already in a learning-rate decay (from step "
+                             f"{self.decay_start}); --decay-minutes needs a run at its constant rate: add --rewarm")
 
     def _make_sampler(self, images, seed: int):
         a = self.args
@@ -704,6 +715,12 @@ class Trainer:
         window: List[Dict[str, float]] = []
         target_step = self.step + a.steps if a.steps else None
         deadline = start + a.minutes * 60 if a.minutes else None
+        # --decay-minutes: the last minutes of the run are a cosine decay, its length in steps
+        # measured from this run's own speed (past its first fifth: warm-up, cudnn autotuning),
+        # in this process: no resume between the constant rate and the decay
+        decay_at = deadline - a.decay_minutes * 60 if deadline and getattr(a, "decay_minutes", 0) else None
+        rate_mark = (start, self.step)
+        decay_end = None
         self._stop_signal = None
         previous = self._catch_stop_signals()
         print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 on {self.device} "
@@ -722,6 +739,20 @@ class Trainer:
                     break
                 if deadline is not None and time.time() >= deadline:
                     break
+                if decay_end is not None and self.step >= decay_end:
+                    break
+                if decay_at is not None and decay_end is None:
+                    now = time.time()
+                    if now >= decay_at:
+                        n = plan_timed_decay(self.step - rate_mark[1], now - rate_mark[0], deadline - now)
+                        self.decay_start, self.decay_steps = self.step, n
+                        decay_end = self.step + n
+                        self.save("decay-start.pt")  # the weights at the constant rate, before the decay
+                        self.log({"kind": "decay", "step": self.step, "time": now, "steps": n})
+                        print(f"step {self.step}: cosine decay over {n} steps ({(deadline - now) / 60:.1f} min left)",
+                              file=sys.stderr)
+                    elif rate_mark[0] == start and now - start >= 0.2 * (decay_at - start):
+                        rate_mark = (now, self.step)
                 t0 = time.time()
                 window.append(self._train_step())
                 self.train_seconds += time.time() - t0
@@ -949,6 +980,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")
     p.add_argument("--decay-steps", type=int, default=None,
                    help=f"length of the cosine decay (default {DEFAULT_DECAY_STEPS}; kept in the checkpoint)")
+    p.add_argument("--decay-minutes", type=float, default=0, metavar="D",
+                   help="with --minutes: spend the run's last D minutes on a cosine decay, its length in steps "
+                        "measured from the run's own speed, in the same process (the weights at the start of "
+                        "the decay are kept as decay-start.pt)")
     p.add_argument("--rewarm", action="store_true",
                    help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
@@ -1027,6 +1062,13 @@ def main(argv=None, prog=None) -> int:
 def _main(parser, args) -> int:
     if args.rewarm and (args.decay_now or args.decay_start is not None):
         parser.error("--rewarm ends a decay; it cannot be combined with --decay-now or --decay-start")
+    if args.decay_minutes:
+        if not args.decay_minutes > 0:
+            parser.error(f"--decay-minutes must be positive, got {args.decay_minutes}")
+        if not args.minutes > args.decay_minutes:
+            parser.error("--decay-minutes is the end of a run of --minutes, which must be longer")
+        if args.decay_now or args.decay_start is not None or args.decay_steps is not None:
+            parser.error("--decay-minutes plans the decay itself; drop --decay-now, --decay-start and --decay-steps")
     if args.pack_to:
         if Path(args.pack_to).is_dir() and any(Path(args.pack_to).iterdir()):
             parser.error(f"--pack-to {args.pack_to}: the folder is not empty; pack into a new or empty folder")

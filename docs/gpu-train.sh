@@ -1,17 +1,18 @@
 #!/bin/sh
 # Train on a lent GPU machine (docs/GPU.md). Runs in the repository root there, with .gpu/
 # carried: .gpu/train (from `aecodec train DATA --pack-to .gpu/train`) and .gpu/whl (compressai's
-# cp312 wheel). Warm-starts from the shipped default weights (or INIT) and trains in two phases:
+# cp312 wheel). Warm-starts from the shipped default weights (or INIT) and trains:
 #   0. (BATCH=auto, the default) a probe of the batch sizes in PROBE (a few seconds each);
-#   1. CONST minutes at a constant learning rate (LR, default 2e-4 x sqrt(BATCH / 16));
-#   2. DECAY minutes of cosine decay to 5 % of it, its length in steps measured from phase 1.
+#   1. CONST minutes at a constant learning rate (LR, default 2e-4), then DECAY minutes of cosine
+#      decay to 5 % of it, its length in steps measured from the run's speed: one process
+#      (aecodec train --minutes CONST+DECAY --decay-minutes DECAY), no resume in between.
 # Leaves in $OUT: the raw weights and their moving average at the end (raw.safetensors,
 # ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
-# the moving average after phase 1 (const-ema.safetensors: a fallback should phase 2 be cut
-# off) and the training log.
+# the moving average when the decay began (const-ema.safetensors) and the training log.
 # AMP=bf16: the transforms' convolutions in bfloat16 (untried on a GPU); AMP=auto: probe both.
 # MORE=1: a follow-up call on the still-warm machine: resumes the run in RUN_DIR at call 1's batch,
-# back up to half of call 1's learning rate for CONST minutes, then decays over DECAY minutes.
+# ramps back up to half of call 1's learning rate (--rewarm) for CONST minutes, then decays over
+# DECAY minutes, in one process again.
 #   usage: sh docs/gpu-train.sh [CONST [DECAY [extra aecodec train options]]]
 set -eu
 CONST=${1:-4.5}
@@ -36,8 +37,8 @@ INIT=${INIT:-weights/$($PY -c "import json; m = json.load(open('weights/manifest
 [ -f "$INIT" ] || { echo "gpu-train: no such weights file: $INIT" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 # BATCH=auto (the default): time a few steps at each batch of PROBE (default 16,32,64) and take
-# the largest reached through doublings that each add >= 20 % crops/s; the default learning
-# rate then scales with sqrt(batch / 16) from 2e-4 (the setting measured at batch 16).
+# the largest reached through doublings that each add >= 20 % crops/s. The learning rate stays
+# 2e-4 whatever the batch (4e-4 at batch 64 blew up once in session 9).
 # AMP=auto probes float32 (TF32) and bf16 in the same process and takes bf16 only if its best
 # batch gives >= 1.3x the crops/s of float32's (batch probe only: BATCH=auto).
 BATCH=${BATCH:-auto}
@@ -55,35 +56,25 @@ r = json.loads(sys.stdin.read().splitlines()[-1]); print(r['recommended_amp'], r
     fi
 fi
 [ "${AMP:-off}" = auto ] && AMP=off  # a fixed BATCH: no probe, float32
-LR=${LR:-$($PY -c "print(f'{2e-4 * ($BATCH / 16) ** 0.5:.3g}')")}
+LR=${LR:-2e-4}  # at batch 64, 4e-4 (the square-root rule from 2e-4 at 16) blew up once (docs/GPU.md)
 set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 --sampler "${SAMPLER:-auto}" --amp "${AMP:-off}" \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
-T1=$(date +%s)
+TOTAL=$($PY -c "print($CONST + $DECAY)")
+# One process per call: the constant rate, then (--decay-minutes) a cosine decay over the last DECAY
+# minutes, its length in steps measured from the run's own speed. A new process resuming straight
+# into a high rate spiked on the H100 in session 9 (docs/GPU.md); a --rewarm ramp did not.
 if [ "${MORE:-0}" = 1 ]; then
     LR2=$($PY -c "print(f'{$LR / 2:.3g}')")
-    say "phase 1 (more): $CONST min, back up to lr $LR2 (half of call 1's) at batch $BATCH, resuming $RUN"
-    $PY -m aecodec.train .gpu/train "$@" --rewarm --lr "$LR2" --minutes "$CONST"
+    say "more: $CONST min back up to lr $LR2 (half of call 1's) at batch $BATCH, then a $DECAY-min decay, resuming $RUN"
+    $PY -m aecodec.train .gpu/train "$@" --rewarm --lr "$LR2" --minutes "$TOTAL" --decay-minutes "$DECAY"
 else
-    say "phase 1: $CONST min at batch $BATCH, lr $LR from $INIT"
-    $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$CONST"
+    say "$CONST min at batch $BATCH, lr $LR from $INIT, then a $DECAY-min decay"
+    $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$TOTAL" --decay-minutes "$DECAY"
     printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\n' "$BATCH" "$LR" "$INIT" "${SAMPLER:-auto}" "${AMP:-off}" > "$RUN/gpu-train.env"
 fi
-$PY -m aecodec.export "$RUN/last.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
-cp "$RUN/log.jsonl" "$OUT/"
-STEPS=$($PY - "$RUN/log.jsonl" "$DECAY" "$T1" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
-rows = [r for r in rows if r["time"] >= float(sys.argv[3])]  # this call's phase 1 only
-a, b = (rows[len(rows) // 5], rows[-1]) if rows else (None, None)  # past the warm-up (cudnn autotuning)
-if not rows or b["time"] <= a["time"]:  # too short a phase 1 for a measured rate: assume 1 step/s
-    rate = 1.0
-else:
-    rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
-print(max(1, int(rate * float(sys.argv[2]) * 60 * 0.95)))
-PY
-)
-say "phase 2: cosine decay over $STEPS steps ($DECAY min)"
-$PY -m aecodec.train .gpu/train "$@" --decay-now --decay-steps "$STEPS" --steps "$STEPS" --minutes "$DECAY"
+if [ -f "$RUN/decay-start.pt" ]; then  # the average at the end of the constant rate, for comparison
+    $PY -m aecodec.export "$RUN/decay-start.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
+fi
 for w in raw ema; do
     $PY -m aecodec.export "$RUN/last.pt" "$OUT/$w.safetensors" --weights "$w" > "$OUT/$w.json"
 done

@@ -704,3 +704,61 @@ def test_ctrl_c_while_loading_is_an_abort_not_a_traceback(data_dir, tmp_path, mo
     rc = T.main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--N", "16", "--M", "24", "--crop", "64",
                  "--batch", "2", "--val-crop", "64", "--threads", "1", "--quiet"])
     assert rc == 130 and "aborted" in capsys.readouterr().err
+
+
+def test_plan_timed_decay():
+    from aecodec.train import plan_timed_decay
+
+    assert plan_timed_decay(100, 10.0, 60.0, margin=1.0) == 600  # 10 steps/s for a minute
+    assert plan_timed_decay(100, 10.0, 60.0) == 582  # ends a little before the deadline
+    assert plan_timed_decay(0, 0.0, 30.0, margin=1.0) == 30  # nothing measured: 1 step/s
+    assert plan_timed_decay(100, 10.0, -5.0) == 1
+
+
+def test_decay_minutes_decays_in_the_same_run(data_dir, tmp_path):
+    """--minutes M --decay-minutes D: constant rate, then a cosine decay whose length comes from
+    the run's own speed, in one process (a resume straight into a high rate spiked on a GPU)."""
+    import json
+
+    from aecodec.train import main
+
+    run = tmp_path / "run"
+    rc = main([str(data_dir), "--run-dir", str(run), "--N", "16", "--M", "24", "--crop", "64", "--batch", "2",
+               "--warmup", "1", "--lr", "1e-3", "--val-crop", "64", "--threads", "1", "--quiet", "--log-every", "1",
+               "--minutes", "0.12", "--decay-minutes", "0.06"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (decay,) = [r for r in rows if r["kind"] == "decay"]
+    train = [r for r in rows if r["kind"] == "train"]
+    before = [r["lr"] for r in train if r["step"] <= decay["step"]]
+    after = [r["lr"] for r in train if r["step"] > decay["step"]]
+    assert before and set(before[1:]) == {1e-3}  # the constant rate up to the decay
+    assert len(after) >= 2 and after == sorted(after, reverse=True) and after[-1] < 1e-3
+    assert train[-1]["step"] <= decay["step"] + decay["steps"]  # it stops at the end of its decay at most
+    st = torch.load(run / "decay-start.pt", map_location="cpu", weights_only=False)
+    assert st["step"] == decay["step"]
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert (last["decay_start"], last["decay_steps"]) == (decay["step"], decay["steps"])
+
+
+@pytest.mark.parametrize("extra", [["--decay-minutes", "1"], ["--minutes", "1", "--decay-minutes", "2"],
+                                   ["--minutes", "2", "--decay-minutes", "1", "--decay-now"],
+                                   ["--minutes", "2", "--decay-minutes", "-1"]])
+def test_decay_minutes_usage_errors(data_dir, tmp_path, extra, capsys):
+    from aecodec.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(data_dir), "--run-dir", str(tmp_path / "r"), *extra])
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_decay_minutes_on_a_decaying_run_needs_rewarm(data_dir, tmp_path):
+    tr = _trainer(data_dir, tmp_path / "run", "--decay-now", "--decay-steps", "8")
+    tr.train_step()
+    tr.save()
+    del tr
+    with pytest.raises(SystemExit, match="already in a learning-rate decay.*--rewarm"):
+        _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1")
+    tr = _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1", "--rewarm")
+    assert tr.decay_start is None
