@@ -447,7 +447,9 @@ class Trainer:
             self.decay_start = self.step
         if getattr(args, "decay_minutes", 0) and self.decay_start is not None:
             raise SystemExit(f"error: the run in {self.run_dir} is already in a learning-rate decay (from step "
-                             f"{self.decay_start}); --decay-minutes needs a run at its constant rate: add --rewarm")
+                             f"{self.decay_start}, {self.decay_steps} steps); to finish it, resume without "
+                             f"--decay-minutes (--steps N for the steps left); to decay again from the constant "
+                             f"rate, add --rewarm")
 
     def _make_sampler(self, images, seed: int):
         a = self.args
@@ -743,7 +745,8 @@ class Trainer:
                     break
                 if decay_at is not None and decay_end is None:
                     now = time.time()
-                    if now >= decay_at:
+                    # not inside a warm-up, whose ramp lr_at lets win over a decay
+                    if now >= decay_at and self.step >= self.warmup_from + a.warmup:
                         n = plan_timed_decay(self.step - rate_mark[1], now - rate_mark[0], deadline - now)
                         self.decay_start, self.decay_steps = self.step, n
                         decay_end = self.step + n
@@ -1067,8 +1070,9 @@ def _main(parser, args) -> int:
             parser.error(f"--decay-minutes must be positive, got {args.decay_minutes}")
         if not args.minutes > args.decay_minutes:
             parser.error("--decay-minutes is the end of a run of --minutes, which must be longer")
-        if args.decay_now or args.decay_start is not None or args.decay_steps is not None:
-            parser.error("--decay-minutes plans the decay itself; drop --decay-now, --decay-start and --decay-steps")
+        if args.decay_now or args.decay_start is not None or args.decay_steps is not None or args.steps:
+            parser.error("--decay-minutes plans the decay itself from --minutes; drop --decay-now, --decay-start, "
+                         "--decay-steps and --steps")
     if args.pack_to:
         if Path(args.pack_to).is_dir() and any(Path(args.pack_to).iterdir()):
             parser.error(f"--pack-to {args.pack_to}: the folder is not empty; pack into a new or empty folder")

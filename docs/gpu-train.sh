@@ -63,21 +63,28 @@ TOTAL=$($PY -c "print($CONST + $DECAY)")
 # One process per call: the constant rate, then (--decay-minutes) a cosine decay over the last DECAY
 # minutes, its length in steps measured from the run's own speed. A new process resuming straight
 # into a high rate spiked on the H100 in session 9 (docs/GPU.md); a --rewarm ramp did not.
+rm -f "$RUN/decay-start.pt"  # a previous call's would pass for this one's
+rc=0
 if [ "${MORE:-0}" = 1 ]; then
     LR2=$($PY -c "print(f'{$LR / 2:.3g}')")
     say "more: $CONST min back up to lr $LR2 (half of call 1's) at batch $BATCH, then a $DECAY-min decay, resuming $RUN"
-    $PY -m aecodec.train .gpu/train "$@" --rewarm --lr "$LR2" --minutes "$TOTAL" --decay-minutes "$DECAY"
+    $PY -m aecodec.train .gpu/train "$@" --rewarm --lr "$LR2" --minutes "$TOTAL" --decay-minutes "$DECAY" || rc=$?
 else
     say "$CONST min at batch $BATCH, lr $LR from $INIT, then a $DECAY-min decay"
-    $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$TOTAL" --decay-minutes "$DECAY"
-    printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\n' "$BATCH" "$LR" "$INIT" "${SAMPLER:-auto}" "${AMP:-off}" > "$RUN/gpu-train.env"
+    $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$TOTAL" --decay-minutes "$DECAY" || rc=$?
+    [ -f "$RUN/last.pt" ] && printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\n' "$BATCH" "$LR" "$INIT" \
+        "${SAMPLER:-auto}" "${AMP:-off}" > "$RUN/gpu-train.env"
 fi
+# whatever the run left, even when it was stopped (SIGTERM: a checkpoint, exit 143): export it
+[ "$rc" = 0 ] || say "aecodec train exited $rc; exporting what it left"
 if [ -f "$RUN/decay-start.pt" ]; then  # the average at the end of the constant rate, for comparison
     $PY -m aecodec.export "$RUN/decay-start.pt" "$OUT/const-ema.safetensors" --weights ema > "$OUT/const-ema.json"
 fi
+[ -f "$RUN/last.pt" ] || exit "$rc"
 for w in raw ema; do
     $PY -m aecodec.export "$RUN/last.pt" "$OUT/$w.safetensors" --weights "$w" > "$OUT/$w.json"
 done
 cp "$RUN/log.jsonl" "$OUT/"
 say "done; last validations:"
 grep '"val' "$RUN/log.jsonl" | tail -n 2 | cut -c1-400
+exit "$rc"

@@ -725,16 +725,20 @@ def test_decay_minutes_decays_in_the_same_run(data_dir, tmp_path):
     run = tmp_path / "run"
     rc = main([str(data_dir), "--run-dir", str(run), "--N", "16", "--M", "24", "--crop", "64", "--batch", "2",
                "--warmup", "1", "--lr", "1e-3", "--val-crop", "64", "--threads", "1", "--quiet", "--log-every", "1",
-               "--minutes", "0.12", "--decay-minutes", "0.06"])
+               "--minutes", "0.18", "--decay-minutes", "0.06"])
     assert rc == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (decay,) = [r for r in rows if r["kind"] == "decay"]
     train = [r for r in rows if r["kind"] == "train"]
+    # the decay takes the last 3.6 s of the 10.8 s run (the first log line is one step in)
+    assert decay["time"] - train[0]["time"] == pytest.approx(7.2, abs=1.5)
     before = [r["lr"] for r in train if r["step"] <= decay["step"]]
     after = [r["lr"] for r in train if r["step"] > decay["step"]]
     assert before and set(before[1:]) == {1e-3}  # the constant rate up to the decay
-    assert len(after) >= 2 and after == sorted(after, reverse=True) and after[-1] < 1e-3
-    assert train[-1]["step"] <= decay["step"] + decay["steps"]  # it stops at the end of its decay at most
+    assert len(after) >= 2 and after == sorted(after, reverse=True)
+    # sized from the measured speed: most of the planned steps are run, and the rate gets well down
+    assert 0.5 * decay["steps"] <= train[-1]["step"] - decay["step"] <= decay["steps"]
+    assert after[-1] < 0.5e-3
     st = torch.load(run / "decay-start.pt", map_location="cpu", weights_only=False)
     assert st["step"] == decay["step"]
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -743,7 +747,8 @@ def test_decay_minutes_decays_in_the_same_run(data_dir, tmp_path):
 
 @pytest.mark.parametrize("extra", [["--decay-minutes", "1"], ["--minutes", "1", "--decay-minutes", "2"],
                                    ["--minutes", "2", "--decay-minutes", "1", "--decay-now"],
-                                   ["--minutes", "2", "--decay-minutes", "-1"]])
+                                   ["--minutes", "2", "--decay-minutes", "-1"],
+                                   ["--minutes", "2", "--decay-minutes", "1", "--steps", "50"]])
 def test_decay_minutes_usage_errors(data_dir, tmp_path, extra, capsys):
     from aecodec.train import main
 
@@ -758,7 +763,7 @@ def test_decay_minutes_on_a_decaying_run_needs_rewarm(data_dir, tmp_path):
     tr.train_step()
     tr.save()
     del tr
-    with pytest.raises(SystemExit, match="already in a learning-rate decay.*--rewarm"):
+    with pytest.raises(SystemExit, match="already in a learning-rate decay.*without --decay-minutes.*--rewarm"):
         _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1")
     tr = _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1", "--rewarm")
     assert tr.decay_start is None
