@@ -26,8 +26,9 @@ say() { echo "[gpu-train +$(( $(date +%s) - t0 ))s] $*"; }
 if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('compressai') is None)"; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
 fi
-mkdir -p /tmp/pkg && ln -sfn "$PWD/codec" /tmp/pkg/aecodec
-export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
+PKG=${PKG_DIR:-/tmp/pkg}  # codec/ as the package aecodec, without installing it
+mkdir -p "$PKG" && ln -sfn "$PWD/codec" "$PKG/aecodec"
+export PYTHONPATH="$PKG:/tmp/site" PYTHONUNBUFFERED=1
 # INIT: the weights to start from (default: the shipped default model); a file to carry in .gpu/
 if [ "${MORE:-0}" = 1 ]; then  # a follow-up call: resume $RUN with call 1's batch and rate
     [ -f "$RUN/gpu-train.env" ] || { echo "gpu-train: MORE=1 needs the run of an earlier call in $RUN" >&2; exit 2; }

@@ -767,3 +767,37 @@ def test_decay_minutes_on_a_decaying_run_needs_rewarm(data_dir, tmp_path):
         _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1")
     tr = _trainer(data_dir, tmp_path / "run", "--minutes", "2", "--decay-minutes", "1", "--rewarm")
     assert tr.decay_start is None
+
+
+@pytest.mark.slow
+def test_gpu_train_script_on_the_cpu(tmp_path, photo_crops):
+    """docs/gpu-train.sh, as GPU.md smoke-tests it before spending device time: call 1 leaves
+    the weights at the end and at the start of the decay, call 2 (MORE=1) resumes the same run."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "repo"  # the layout the script runs in: codec/, weights/, .gpu/train
+    (root / ".gpu" / "train").mkdir(parents=True)
+    for name in ("codec", "weights"):
+        (root / name).symlink_to(repo / name)
+    for i in range(5):
+        Image.fromarray(photo_crops[i % len(photo_crops)]).save(root / ".gpu" / "train" / f"p{i}.jpg", quality=95)
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "RUN_DIR": str(tmp_path / "run"),
+           "THREADS": "1", "PKG_DIR": str(tmp_path / "pkg")}
+    for call, extra in (("1", {"BATCH": "2"}), ("2", {"MORE": "1"})):
+        out = tmp_path / f"out{call}"
+        out.mkdir()
+        r = subprocess.run(["sh", str(repo / "docs" / "gpu-train.sh"), "0.3", "0.15", "--crop", "64",
+                            "--val-images", "1", "--val-crop", "64", "--warmup", "3"],
+                           cwd=root, env={**env, **extra, "OUT": str(out)}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert {p.name for p in out.iterdir()} >= {"raw.safetensors", "ema.safetensors", "const-ema.safetensors",
+                                                     "log.jsonl"}
+        rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert len([r for r in rows if r["kind"] == "decay"]) == int(call)  # one decay per call
+    shutil.rmtree(tmp_path / "pkg")
