@@ -222,6 +222,15 @@ def plan_timed_decay(steps: int, seconds: float, seconds_left: float, margin: fl
     return max(1, int(rate * max(0.0, seconds_left) * margin))
 
 
+def loss_spike(loss: float, recent: List[float], factor: float = 2.0, min_history: int = 8) -> Optional[float]:
+    """The median of ``recent`` logged losses when ``loss`` is more than ``factor`` times it (or
+    not finite): a spike worth a line in the output; None otherwise or without enough history."""
+    if len(recent) < min_history:
+        return None
+    med = float(np.median(recent))
+    return med if (not math.isfinite(loss) or loss > factor * med) else None
+
+
 class EMA:
     """Exponential moving average of a model's weights (what gets validated and exported).
 
@@ -723,6 +732,8 @@ class Trainer:
         decay_at = deadline - a.decay_minutes * 60 if deadline and getattr(a, "decay_minutes", 0) else None
         rate_mark = (start, self.step)
         decay_end = None
+        recent: List[float] = []  # the last logged losses, to report a spike as it happens
+        in_spike = False
         self._stop_signal = None
         previous = self._catch_stop_signals()
         print(f"training N={self.model.N} M={self.model.M} batch {a.batch}x{a.crop}^2 on {self.device} "
@@ -766,6 +777,12 @@ class Trainer:
                     self.log({"kind": "train", "step": self.step, "time": time.time(),
                               "lr": self.opt.param_groups[0]["lr"], **avg})
                     window = []
+                    spike = loss_spike(avg["loss"], recent)
+                    if spike and not in_spike:  # once per spike, in the output a remote run returns
+                        print(f"step {self.step}: loss spike: {avg['loss']:.4g} against a recent median of "
+                              f"{spike:.4g} (lr {self.opt.param_groups[0]['lr']:.3g})", file=sys.stderr)
+                    in_spike = bool(spike)
+                    recent = (recent + [avg["loss"]])[-20:]
                     if bar is not None:
                         bar.set_postfix(step=self.step, loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",
                                         psnr=f"{avg['psnr']:.2f}", refresh=False)

@@ -801,3 +801,13 @@ def test_gpu_train_script_on_the_cpu(tmp_path, photo_crops):
         rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         assert len([r for r in rows if r["kind"] == "decay"]) == int(call)  # one decay per call
     shutil.rmtree(tmp_path / "pkg")
+
+
+def test_loss_spike():
+    from aecodec.train import loss_spike
+
+    calm = [2.4, 2.5, 2.3, 2.45, 2.5, 2.35, 2.4, 2.42]
+    assert loss_spike(2.6, calm) is None
+    assert loss_spike(10.0, calm) == pytest.approx(2.41)  # session 9's resume spikes: loss 6-10 against 2.3-2.5
+    assert loss_spike(float("nan"), calm) == pytest.approx(2.41)
+    assert loss_spike(10.0, calm[:3]) is None  # too little history to judge
