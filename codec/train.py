@@ -1003,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-minutes", type=float, default=0, metavar="D",
                    help="with --minutes: spend the run's last D minutes on a cosine decay, its length in steps "
                         "measured from the run's own speed, in the same process (the weights at the start of "
-                        "the decay are kept as decay-start.pt)")
+                        "the decay are kept as decay-start.pt; default 0: none)")
     p.add_argument("--rewarm", action="store_true",
                    help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
