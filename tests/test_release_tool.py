@@ -101,3 +101,23 @@ def test_stage_refuses_a_file_or_a_foreign_manifest_before_copying(new_weights, 
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "release.py")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "check,stage,ship" in r.stderr
+
+
+def test_annotate_sets_fields_on_the_last_stage_and_keeps_the_model(new_weights, tmp_path):
+    import json
+
+    from aecodec.weights import read_metadata
+
+    path, model_id = new_weights
+    out = tmp_path / "annotated.safetensors"
+    entry = release.annotate(path, out, ['schedule=lr 4e-4 constant 5,339 steps', "lr=0.0004", "weights=raw"])
+    assert entry["model_id"] == model_id  # a digest of the tensors, which are untouched
+    last = json.loads(read_metadata(out)["training_lineage"])[-1]
+    assert last["schedule"] == "lr 4e-4 constant 5,339 steps" and last["lr"] == 0.0004 and last["weights"] == "raw"
+    before = json.loads(read_metadata(path)["training_lineage"])
+    assert json.loads(read_metadata(out)["training_lineage"])[:-1] == before[:-1]
+    with pytest.raises(release.ReleaseError, match="KEY=VALUE"):
+        release.annotate(path, tmp_path / "b.safetensors", ["no-equals-sign"])
+    with pytest.raises(release.ReleaseError, match="another name"):
+        release.annotate(path, path, ["a=1"])
+    assert not (tmp_path / "b.safetensors").exists()

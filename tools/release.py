@@ -4,6 +4,9 @@
     python tools/release.py stage NEW.safetensors DIR    # a weights folder to benchmark it from:
         AECODEC_WEIGHTS_DIR=DIR aecodec bench ../shared/data/kodak -o /tmp/bk/kodak
     python tools/release.py ship NEW.safetensors         # into weights/: the new default
+    python tools/release.py annotate NEW.safetensors OUT.safetensors schedule="lr 2e-4 ..." weights=raw
+        # what the last stage of training_lineage cannot know by itself (a schedule run in several
+        # commands, which weights were chosen and why); the tensors and the model id are unchanged
 
 `ship` copies the file into weights/ as MODEL_ID.safetensors, registers it as the default,
 retires the previous default (its last commit: the current HEAD), keeps a copy of the retired
@@ -119,6 +122,41 @@ def ship(path: Path, weights: Path = ROOT / "weights", git: bool = True) -> dict
     return entry
 
 
+def annotate(path: Path, out: Path, fields: list) -> dict:
+    """Copy a release file to ``out`` with KEY=VALUE ``fields`` set on the last entry of its
+    ``training_lineage`` (VALUE as JSON when it parses, else as text)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    check(path)
+    path, out = Path(path), Path(out)
+    if out.resolve() == path.resolve():
+        raise ReleaseError("write the annotated file under another name (the original stays as exported)")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    try:
+        lineage = json.loads(meta.get("training_lineage", ""))
+    except ValueError:
+        lineage = None
+    if not isinstance(lineage, list) or not lineage or not isinstance(lineage[-1], dict):
+        raise ReleaseError(f"{path} has no training_lineage to annotate")
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if not sep or not key.strip():
+            raise ReleaseError(f"{field!r}: fields are KEY=VALUE")
+        try:
+            lineage[-1][key.strip()] = json.loads(value)
+        except ValueError:
+            lineage[-1][key.strip()] = value
+    meta["training_lineage"] = json.dumps(lineage)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(load_file(str(path)), str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    entry = check(out)
+    entry["lineage_entry"] = lineage[-1]
+    return entry
+
+
 def main(argv=None) -> int:
     from aecodec._argparse import OneLineParser as Parser
 
@@ -130,6 +168,10 @@ def main(argv=None) -> int:
     s.add_argument("file")
     s.add_argument("dir")
     sub.add_parser("ship", help="make the file the default in weights/ and retire the old one").add_argument("file")
+    s = sub.add_parser("annotate", help="a copy with KEY=VALUE fields set on the last training_lineage stage")
+    s.add_argument("file")
+    s.add_argument("out")
+    s.add_argument("fields", nargs="+", metavar="KEY=VALUE")
     sub.metavar = "{" + ",".join(sub.choices) + "}"  # named in the error when none is given
     a = p.parse_args(argv)
     try:
@@ -137,6 +179,8 @@ def main(argv=None) -> int:
             entry = check(Path(a.file))
         elif a.cmd == "stage":
             entry = stage(Path(a.file), Path(a.dir))
+        elif a.cmd == "annotate":
+            entry = annotate(Path(a.file), Path(a.out), a.fields)
         else:
             entry = ship(Path(a.file))
     except ReleaseError as e:
