@@ -90,3 +90,14 @@ def test_no_bd_rate_from_too_few_points_or_unlike_grids(tmp_path):
     r = subprocess.run(tool + [str(d), "--anchors", "webp", "--quality", "3"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "give --image too" in r.stderr
+
+
+def test_a_closed_pipe_ends_it_quietly():
+    """`python tools/rdcompare.py ... | head -1`: no traceback when the reader has gone away
+    (closed here before the tool prints anything, which it does only after reading its JSON)."""
+    p = subprocess.Popen([sys.executable, str(ROOT / "tools" / "rdcompare.py"), str(ROOT / "benchmarks" / "kodak")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait()
+    assert p.returncode == 141 and "Traceback" not in err, (p.returncode, err)

@@ -107,4 +107,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aecodec._argparse import run_main
+
+    sys.exit(run_main(main))

@@ -166,4 +166,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from aecodec._argparse import run_main
+    except ImportError:  # run from a checkout without an install
+        sys.exit(main())
+    sys.exit(run_main(main))

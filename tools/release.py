@@ -192,4 +192,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    sys.exit(main())
+    from aecodec._argparse import run_main
+
+    sys.exit(run_main(main))
