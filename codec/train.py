@@ -436,6 +436,7 @@ class Trainer:
         self.parent = None  # metadata of the weights a warm start began from (kept in the checkpoint)
 
         ema_state = None
+        self.resumed = resume is not None
         if resume is not None:
             ema_state = self._load(ckpt, resume)
             del resume
@@ -732,7 +733,11 @@ class Trainer:
         decay_at = deadline - a.decay_minutes * 60 if deadline and getattr(a, "decay_minutes", 0) else None
         rate_mark = (start, self.step)
         decay_end = None
-        recent: List[float] = []  # the last logged losses, to report a spike as it happens
+        # the last logged losses, to report a spike as it happens (a resumed run's from its log:
+        # a resume can spike in its first steps, as on the H100 in session 9)
+        recent: List[float] = []
+        if self.resumed and (self.run_dir / "log.jsonl").exists():
+            recent = [r["loss"] for r in read_log(self.run_dir / "log.jsonl")["train"][-20:] if "loss" in r]
         in_spike = False
         self._stop_signal = None
         previous = self._catch_stop_signals()

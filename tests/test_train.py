@@ -811,3 +811,21 @@ def test_loss_spike():
     assert loss_spike(10.0, calm) == pytest.approx(2.41)  # session 9's resume spikes: loss 6-10 against 2.3-2.5
     assert loss_spike(float("nan"), calm) == pytest.approx(2.41)
     assert loss_spike(10.0, calm[:3]) is None  # too little history to judge
+
+
+def test_a_spike_right_after_a_resume_is_reported(data_dir, tmp_path, capsys):
+    """The history a spike is judged against comes from the run's log when it resumes."""
+    tr = _trainer(data_dir, tmp_path / "run")
+    tr.train_step()
+    tr.save()
+    for i in range(20):  # a calm history far below this tiny model's real loss
+        tr.log({"kind": "train", "step": 1, "loss": 1e-3})
+    del tr
+    tr = _trainer(data_dir, tmp_path / "run", "--steps", "2", "--log-every", "1")
+    capsys.readouterr()
+    tr.run()
+    assert "step 2: loss spike:" in capsys.readouterr().err
+    fresh = _trainer(data_dir, tmp_path / "other", "--steps", "2", "--log-every", "1")
+    capsys.readouterr()
+    fresh.run()
+    assert "loss spike" not in capsys.readouterr().err  # no history: nothing to judge against
