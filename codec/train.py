@@ -455,7 +455,7 @@ class Trainer:
             self.warmup_from = self.step
         elif args.decay_now and self.decay_start is None:
             self.decay_start = self.step
-        if getattr(args, "decay_minutes", 0) and self.decay_start is not None:
+        if args.decay_minutes and self.decay_start is not None:
             raise SystemExit(f"error: the run in {self.run_dir} is already in a learning-rate decay (from step "
                              f"{self.decay_start}, {self.decay_steps} steps); to finish it, resume without "
                              f"--decay-minutes (--steps N for the steps left); to decay again from the constant "
@@ -730,7 +730,7 @@ class Trainer:
         # --decay-minutes: the last minutes of the run are a cosine decay, its length in steps
         # measured from this run's own speed (past its first fifth: warm-up, cudnn autotuning),
         # in this process: no resume between the constant rate and the decay
-        decay_at = deadline - a.decay_minutes * 60 if deadline and getattr(a, "decay_minutes", 0) else None
+        decay_at = deadline - a.decay_minutes * 60 if deadline and a.decay_minutes else None
         rate_mark = (start, self.step)
         decay_end = None
         # the last logged losses, to report a spike as it happens (a resumed run's from its log:

@@ -120,4 +120,6 @@ def test_annotate_sets_fields_on_the_last_stage_and_keeps_the_model(new_weights,
         release.annotate(path, tmp_path / "b.safetensors", ["no-equals-sign"])
     with pytest.raises(release.ReleaseError, match="another name"):
         release.annotate(path, path, ["a=1"])
+    with pytest.raises(release.ReleaseError, match="no such folder"):
+        release.annotate(path, tmp_path / "missing" / "c.safetensors", ["a=1"])
     assert not (tmp_path / "b.safetensors").exists()

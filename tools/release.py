@@ -149,9 +149,15 @@ def annotate(path: Path, out: Path, fields: list) -> dict:
         except ValueError:
             lineage[-1][key.strip()] = value
     meta["training_lineage"] = json.dumps(lineage)
+    if not out.parent.is_dir():
+        raise ReleaseError(f"{out}: no such folder {out.parent}")
     tmp = out.with_name(out.name + ".tmp")
-    save_file(load_file(str(path)), str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    try:
+        save_file(load_file(str(path)), str(tmp), metadata=meta)
+        os.replace(tmp, out)
+    except Exception as e:  # safetensors' own errors are not OSErrors
+        tmp.unlink(missing_ok=True)
+        raise ReleaseError(f"could not write {out}: {e}") from None
     entry = check(out)
     entry["lineage_entry"] = lineage[-1]
     return entry
