@@ -21,6 +21,8 @@ DECAY=${2:-3}
 [ $# -gt 0 ] && shift
 PY=${PYTHON:-python3}
 RUN=${RUN_DIR:-/tmp/run}
+: "${OUT:?set OUT to the folder the results go to}"
+mkdir -p "$OUT"
 t0=$(date +%s)
 say() { echo "[gpu-train +$(( $(date +%s) - t0 ))s] $*"; }
 if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('compressai') is None)"; then
