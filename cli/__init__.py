@@ -38,6 +38,47 @@ class UsageProblem(click.ClickException):
         click.echo(f"aecodec: error: {self.format_message()}", err=True)
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error in one line, as ``aecodec train`` (argparse) reports them:
+    ``aecodec compress: error: No such option '--bogus'. (see aecodec compress --help)``,
+    instead of click's usage line, hint line, blank line and message."""
+
+    def __init__(self, message: str, prog: str, ctx=None):
+        super().__init__(message, ctx=ctx)
+        self.prog = prog
+
+    def show(self, file=None):
+        click.echo(f"{self.prog}: error: {self.format_message()} (see {self.prog} --help)", err=True)
+
+
+def _one_line(e: click.UsageError, prog: str) -> click.UsageError:
+    """``prog`` names the command when click's error carries no context (an option missing its
+    value, e.g. ``aecodec decompress x.aec -o``)."""
+    if isinstance(e, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return e  # a bare ``aecodec`` prints the help, as before
+    new = OneLineUsageError(e.format_message(), e.ctx.command_path if e.ctx is not None else prog, ctx=e.ctx)
+    new.exit_code = e.exit_code
+    return new
+
+
+class OneLineErrorsGroup(click.Group):
+    """Turns every usage error of the group and its commands (parsing, bad values, unknown
+    commands, ``ctx.fail``) into a one-line report; the exit status stays 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e, info_name or "aecodec") from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # the command being parsed, once it is known
+            sub = ctx.invoked_subcommand
+            raise _one_line(e, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
+
+
 def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -401,7 +442,8 @@ PROGRESS_HELP = ("progress bar on stderr: over the files, or for one large file 
                  "(default: when stderr is a terminal)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrorsGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show aecodec, file-format, torch and compressai versions.")
 def main():

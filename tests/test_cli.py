@@ -22,7 +22,7 @@ def work(tmp_path, photo_crops):
 
 
 def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False, prog_name="aecodec")
 
 
 def test_help_and_version():
@@ -75,7 +75,35 @@ def test_bad_quality_is_usage_error(work, q):
     r = run("compress", work / "photo.png", "-q", q)
     assert r.exit_code == 2
     assert "the quality is a whole number from 1 to 8" in r.stderr, r.stderr
+    assert r.stderr == f"aecodec compress: error: Invalid value for '-q' / '--quality': '{q}': the quality is a whole number from 1 to 8 (see aecodec compress --help)\n"
     assert not (work / "photo.aec").exists()
+
+
+@pytest.mark.parametrize("args, prog, says", [
+    (["compress", "--bogus", "x.png"], "aecodec compress", "No such option '--bogus'"),
+    (["compress"], "aecodec compress", "Missing argument"),
+    (["decompress", "x.aec", "-o"], "aecodec decompress", "'-o' requires an argument"),
+    (["info"], "aecodec info", "Missing argument 'FILE'"),
+    (["compress", "x.png", "-q"], "aecodec compress", "'-q' requires an argument"),
+    (["export", "only-one"], "aecodec export", "File 'only-one' does not exist"),
+    (["bench", "--bogus"], "aecodec bench", "No such option '--bogus'"),
+    (["frob"], "aecodec", "No such command 'frob'"),
+    (["--bogus"], "aecodec", "No such option '--bogus'"),
+])
+def test_usage_errors_are_one_line(args, prog, says):
+    """click's own usage errors (parsing, missing arguments, unknown commands) are reported as
+    aecodec's other errors are: one line naming the command and its --help, exit status 2."""
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"{prog}: error: ") and says in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith(f"(see {prog} --help)"), r.stderr
+    assert r.stdout == ""
+
+
+def test_bare_aecodec_still_prints_the_help():
+    r = run()
+    assert r.exit_code == 2 and "Commands:" in r.output and "compress" in r.output
 
 
 def test_gif_output_warns_that_colours_are_reduced(work):
