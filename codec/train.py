@@ -1039,7 +1039,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
                    help="mixed precision: bf16 runs the transforms' convolutions in bfloat16 (GDN, entropy "
                         "models and loss stay float32); for a GPU whose step is bound by convolution "
-                        "time (slower on these CPUs). auto, with --probe-batches: probe both")
+                        "time (slower on these CPUs); experimental: its gradients were measured far off "
+                        "float32's (docs/EXPERIMENTS.md). auto, with --probe-batches: probe both")
     p.add_argument("--probe-batches", metavar="B,B,...",
                    help="instead of training, time a few steps at each of these batch sizes (from --init "
                         "or new weights; nothing is saved) and print steps/s and crops/s per batch")
