@@ -9,7 +9,10 @@
 # Leaves in $OUT: the raw weights and their moving average at the end (raw.safetensors,
 # ema.safetensors, each under the 16 MiB a returned file may have, with their export records),
 # the moving average when the decay began (const-ema.safetensors) and the training log.
-# AMP=bf16: the transforms' convolutions in bfloat16 (untried on a GPU); AMP=auto: probe both.
+# AMP=bf16: the transforms' convolutions in bfloat16 (untried on a GPU, and its gradients measured
+# far off float32's on the CPU: docs/EXPERIMENTS.md); AMP=auto: probe both.
+# COMPILE=1: the training pass through torch.compile (aecodec train --compile; falls back to
+# eager mode if the compiler fails on the first step); a MORE=1 call keeps call 1's choice.
 # MORE=1: a follow-up call on the still-warm machine: resumes the run in RUN_DIR at call 1's batch,
 # ramps back up to half of call 1's learning rate (--rewarm) for CONST minutes, then decays over
 # DECAY minutes, in one process again.
@@ -34,7 +37,9 @@ export PYTHONPATH="$PKG:/tmp/site" PYTHONUNBUFFERED=1
 # INIT: the weights to start from (default: the shipped default model); a file to carry in .gpu/
 if [ "${MORE:-0}" = 1 ]; then  # a follow-up call: resume $RUN with call 1's batch and rate
     [ -f "$RUN/gpu-train.env" ] || { echo "gpu-train: MORE=1 needs the run of an earlier call in $RUN" >&2; exit 2; }
+    COMPILE_ASKED=${COMPILE:-}  # COMPILE=0 or 1 given to this call wins over call 1's
     . "$RUN/gpu-train.env"
+    [ -n "$COMPILE_ASKED" ] && COMPILE=$COMPILE_ASKED
 fi
 INIT=${INIT:-weights/$($PY -c "import json; m = json.load(open('weights/manifest.json')); print(m['models'][m['default']]['file'])")}
 [ -f "$INIT" ] || { echo "gpu-train: no such weights file: $INIT" >&2; exit 2; }
@@ -62,6 +67,7 @@ fi
 LR=${LR:-2e-4}  # at batch 64, 4e-4 (the square-root rule from 2e-4 at 16) blew up once (docs/GPU.md)
 set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 --sampler "${SAMPLER:-auto}" --amp "${AMP:-off}" \
     --ckpt-minutes 2 --val-minutes 2 --threads "${THREADS:-8}" --quiet "$@"
+[ "${COMPILE:-0}" = 1 ] && set -- "$@" --compile
 TOTAL=$($PY -c "print($CONST + $DECAY)")
 # One process per call: the constant rate, then (--decay-minutes) a cosine decay over the last DECAY
 # minutes, its length in steps measured from the run's own speed. A new process resuming straight
@@ -75,8 +81,8 @@ if [ "${MORE:-0}" = 1 ]; then
 else
     say "$CONST min at batch $BATCH, lr $LR from $INIT, then a $DECAY-min decay"
     $PY -m aecodec.train .gpu/train "$@" --fresh --init "$INIT" --lr "$LR" --minutes "$TOTAL" --decay-minutes "$DECAY" || rc=$?
-    [ -f "$RUN/last.pt" ] && printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\n' "$BATCH" "$LR" "$INIT" \
-        "${SAMPLER:-auto}" "${AMP:-off}" > "$RUN/gpu-train.env"
+    [ -f "$RUN/last.pt" ] && printf 'BATCH=%s\nLR=%s\nINIT=%s\nSAMPLER=%s\nAMP=%s\nCOMPILE=%s\n' "$BATCH" "$LR" "$INIT" \
+        "${SAMPLER:-auto}" "${AMP:-off}" "${COMPILE:-0}" > "$RUN/gpu-train.env"
 fi
 # whatever the run left, even when it was stopped (SIGTERM: a checkpoint, exit 143): export it
 [ "$rc" = 0 ] || say "aecodec train exited $rc; exporting what it left"

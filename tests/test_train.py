@@ -1,5 +1,7 @@
 """The training tool: it learns, it resumes bit-exactly, and its export decodes."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -830,3 +832,49 @@ def test_a_spike_right_after_a_resume_is_reported(data_dir, tmp_path, capsys):
     capsys.readouterr()
     fresh.run()
     assert "loss spike" not in capsys.readouterr().err  # no history: nothing to judge against
+
+
+def test_compiled_training_matches_eager_and_resumes_exactly(data_dir, tmp_path, capsys):
+    """--compile: the same loss as eager mode to float rounding, the loss goes down, and a
+    resumed compiled run continues where it stopped: the same crops and noise (drawn from
+    torch's generator, which the checkpoint holds) and the same weights, to float rounding (the
+    compiled kernels' sums are not always bit-identical from one compilation to the next:
+    gradients differed by ~1e-9)."""
+    import shutil
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler")
+    eager = _trainer(data_dir, tmp_path / "e")
+    first = eager.train_step()["loss"]
+    a = _trainer(data_dir, tmp_path / "a", "--compile")
+    got = a.train_step()["loss"]
+    assert got == pytest.approx(first, rel=1e-4)
+    assert "--compile failed" not in capsys.readouterr().err  # it did compile
+    losses = [a.train_step()["loss"] for _ in range(12)]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    a.save()
+    expected = a.train_step()["loss"]
+    torch._dynamo.reset()  # as in the new process a resume is: no recompilation with dynamic shapes
+    c = _trainer(data_dir, tmp_path / "a", "--compile")
+    assert c.step == 13
+    assert c.train_step()["loss"] == pytest.approx(expected, rel=1e-6)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), c.model.named_parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), n
+
+
+def test_a_compiler_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch, capsys):
+    """A machine without a working compiler (no C++ toolchain, an unsupported op) loses no
+    training: the first step reports the failure in one line and the run goes on uncompiled."""
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InductorError: no C++ compiler\nlong trace")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tr = _trainer(data_dir, tmp_path / "r", "--compile")
+    first = tr.train_step()
+    assert np.isfinite(first["loss"]) and tr.step == 1
+    err = capsys.readouterr().err
+    assert "--compile failed (RuntimeError: InductorError: no C++ compiler); training on without it" in err
+    assert "long trace" not in err
+    assert np.isfinite(tr.train_step()["loss"])
