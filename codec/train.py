@@ -426,7 +426,9 @@ class Trainer:
             # random ops (the latents' noise) draw from torch's generator as in eager mode, so a
             # resumed compiled run continues exactly (the generator state is in the checkpoint)
             inductor_config.fallback_random = True
-            self._rd = torch.compile(self._rd_forward)
+            # static shapes: a batch change (--probe-batches) compiles again for the new shape
+            # rather than switching to slower shape-generic kernels
+            self._rd = torch.compile(self._rd_forward, dynamic=False)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
         self.base_lr = args.lr if args.lr is not None else DEFAULT_LR
@@ -637,15 +639,20 @@ class Trainer:
                             warmup_from=self.warmup_from)
         x = self.sampler.batch(a.batch, self.device)
         q = self.sampler.levels(a.batch, self.model.levels).to(self.device)
+        failed = None
         try:
             losses = self._rd(x, q)
             self.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):
+            raise  # not the compiler's doing: a smaller --batch is the answer
         except Exception as e:  # the compiler failed on its first step: go on without it
             if not self._compile_unproven:
                 raise
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            print(f"--compile failed ({type(e).__name__}: {msg}); training on without it", file=sys.stderr)
+            failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            losses = None
+        if failed is not None:  # retried outside the handler, so the failed attempt's memory is freed
+            print(f"--compile failed ({failed}); training on without it", file=sys.stderr)
             self._rd = self._rd_forward
             losses = self._rd(x, q)
             self.opt.zero_grad(set_to_none=True)
@@ -1067,8 +1074,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32's (docs/EXPERIMENTS.md). auto, with --probe-batches: probe both")
     p.add_argument("--compile", action="store_true",
                    help="compile the training pass with torch.compile (inductor): the first steps take a "
-                        "minute or two longer, then each step is faster (1.7x on these 2 CPU cores at "
-                        "batch 16 x 256²); needs a C++ compiler")
+                        "minute or two longer, then each step is faster (1.2x in a probe on these 2 CPU "
+                        "cores at batch 16 x 256²); needs a C++ compiler (a failure falls back to eager)")
     p.add_argument("--probe-batches", metavar="B,B,...",
                    help="instead of training, time a few steps at each of these batch sizes (from --init "
                         "or new weights; nothing is saved) and print steps/s and crops/s per batch")

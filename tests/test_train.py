@@ -878,3 +878,22 @@ def test_a_compiler_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch,
     assert "--compile failed (RuntimeError: InductorError: no C++ compiler); training on without it" in err
     assert "long trace" not in err
     assert np.isfinite(tr.train_step()["loss"])
+
+
+def test_a_failure_after_a_compiled_step_is_not_swallowed(data_dir, tmp_path, monkeypatch):
+    """Only the first compiled step may fall back: a later error is the run's, and is raised."""
+    calls = []
+
+    def flaky_compile(fn, **kw):
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("a real error")
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky_compile)
+    tr = _trainer(data_dir, tmp_path / "r", "--compile")
+    tr.train_step()
+    with pytest.raises(RuntimeError, match="a real error"):
+        tr.train_step()
