@@ -1074,7 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32's (docs/EXPERIMENTS.md). auto, with --probe-batches: probe both")
     p.add_argument("--compile", action="store_true",
                    help="compile the training pass with torch.compile (inductor): the first steps take a "
-                        "minute or two longer, then each step is faster (1.2x in a probe on these 2 CPU "
+                        "minute or two longer, then each step is faster (1.3-1.4x in probes on these 2 CPU "
                         "cores at batch 16 x 256²); needs a C++ compiler (a failure falls back to eager)")
     p.add_argument("--probe-batches", metavar="B,B,...",
                    help="instead of training, time a few steps at each of these batch sizes (from --init "
