@@ -24,7 +24,7 @@ on thread count or on the convolution kernels used.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -69,6 +69,28 @@ class GDN(_GDN):
         norm = torch.matmul(gamma, (x * x).reshape(B, C, H * W)) + beta[:, None]
         norm = torch.sqrt(norm) if self.inverse else torch.rsqrt(norm)
         return x * norm.reshape(B, C, H, W)
+
+
+class StaticPermEntropyBottleneck(EntropyBottleneck):
+    """compressai's ``EntropyBottleneck`` whose training/evaluation pass moves the channels
+    first with a fixed tuple of dimensions.  compressai builds that permutation as a tensor,
+    and ``torch.compile`` must split the graph at every permute by a tensor (6 graph breaks
+    per training step, ``aecodec train --compile``).  Same arithmetic, same state and names;
+    coding (``compress``/``decompress``) is compressai's own."""
+
+    def forward(self, x: torch.Tensor, training: Optional[bool] = None):
+        if training is None:
+            training = self.training
+        perm = (1, 0, *range(2, x.ndim))  # B x C x ... <-> C x B x ... (its own inverse)
+        v = x.permute(perm).contiguous()
+        shape = v.shape
+        outputs = self.quantize(v.reshape(shape[0], 1, -1), "noise" if training else "dequantize",
+                                self._get_medians())
+        likelihood, _, _ = self._likelihood(outputs)
+        if self.use_likelihood_bound:
+            likelihood = self.likelihood_lower_bound(likelihood)
+        return (outputs.reshape(shape).permute(perm).contiguous(),
+                likelihood.reshape(shape).permute(perm).contiguous())
 
 
 def scale_table() -> torch.Tensor:
@@ -122,7 +144,7 @@ class GainedMeanScaleHyperprior(CompressionModel):
             deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
             conv(M * 3 // 2, M * 2, stride=1, kernel_size=3),
         )
-        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.entropy_bottleneck = StaticPermEntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
         # Log-gains per level. Initialised so that the quantiser step scales

@@ -897,3 +897,33 @@ def test_a_failure_after_a_compiled_step_is_not_swallowed(data_dir, tmp_path, mo
     tr.train_step()
     with pytest.raises(RuntimeError, match="a real error"):
         tr.train_step()
+
+
+def test_the_entropy_bottleneck_pass_is_compressai_s_and_compiles_whole():
+    """The model's entropy bottleneck gives compressai's outputs bit for bit (training and
+    evaluation), and the whole training pass compiles as one graph (compressai's own permutes
+    by a tensor split it six times)."""
+    from compressai.entropy_models import EntropyBottleneck
+
+    from aecodec.model import GainedMeanScaleHyperprior, StaticPermEntropyBottleneck, rd_loss
+
+    ours, theirs = StaticPermEntropyBottleneck(16), EntropyBottleneck(16)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 16, 5, 7) * 4
+    for training in (True, False):
+        ours.train(training), theirs.train(training)
+        torch.manual_seed(0)
+        a = ours(x)
+        torch.manual_seed(0)
+        b = theirs(x)
+        assert all(torch.equal(u, v) for u, v in zip(a, b)), training
+
+    m = GainedMeanScaleHyperprior(N=16, M=24).train()
+    lam = torch.tensor(m.lambdas)
+
+    def step(x, q):
+        return rd_loss(m(x, q), x, lam[q])["loss"]
+
+    torch._dynamo.reset()
+    report = torch._dynamo.explain(step)(torch.rand(2, 3, 64, 64), torch.tensor([0, 7]))
+    assert report.graph_break_count == 0, [str(b.reason)[:200] for b in report.break_reasons]
