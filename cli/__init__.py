@@ -54,7 +54,7 @@ class OneLineUsageError(click.UsageError):
 def _one_line(e: click.UsageError, prog: str) -> click.UsageError:
     """``prog`` names the command when click's error carries no context (an option missing its
     value, e.g. ``aecodec decompress x.aec -o``)."""
-    if isinstance(e, (OneLineUsageError, getattr(click.exceptions, "NoArgsIsHelpError", OneLineUsageError))):
+    if isinstance(e, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):  # click >= 8.2
         return e  # a bare ``aecodec`` prints the help, as before
     new = OneLineUsageError(e.format_message(), e.ctx.command_path if e.ctx is not None else prog, ctx=e.ctx)
     new.exit_code = e.exit_code

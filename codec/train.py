@@ -424,7 +424,8 @@ class Trainer:
             import torch._inductor.config as inductor_config
 
             # random ops (the latents' noise) draw from torch's generator as in eager mode, so a
-            # resumed compiled run continues exactly (the generator state is in the checkpoint)
+            # resumed compiled run draws the same noise (the generator state is in the checkpoint)
+            # and continues to float rounding (two compilations' sums may differ by ~1e-9)
             inductor_config.fallback_random = True
             # static shapes: a batch change (--probe-batches) compiles again for the new shape
             # rather than switching to slower shape-generic kernels
