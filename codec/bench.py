@@ -834,9 +834,7 @@ class Store:
         keep = sorted(self.index(key).values(), key=lambda r: (r["image"], float(r["quality"])))
         if not keep and not self.path.exists():
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        _write_text(self.path, "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in keep))
         self.rows = keep
 
 
@@ -1136,8 +1134,8 @@ def _scaling(cfg, images, usable, keys, progress, log, out) -> List[Dict]:
             bar.close()
     if cfg.measure and (have or path.exists()):  # drop the stale runs (other versions) of this run's codecs
         have = {k: r for k, r in have.items() if not (r["codec"] in usable and r["key"] != keys[r["codec"]])}
-        path.write_text("".join(json.dumps(_clean(r), sort_keys=True) + "\n"
-                                for r in sorted(have.values(), key=lambda r: (r["codec"], r["mp"]))))
+        _write_text(path, "".join(json.dumps(_clean(r), sort_keys=True) + "\n"
+                                  for r in sorted(have.values(), key=lambda r: (r["codec"], r["mp"]))))
     current = [r for r in have.values() if r["codec"] in keys and r["key"] == keys[r["codec"]]
                and r["image_sha"] == src.sha]
     return sorted(current, key=lambda r: (r["codec"], r["mp"]))
@@ -1207,9 +1205,22 @@ def _coldstart(cfg, images, progress, log, out) -> Dict:
     res = {"measured": _now(), "runs": cfg.coldstart_runs, "image": f"{src.name} ({src.width}x{src.height})",
            "threads": "torch default (all cores)", "aecodec model": library_versions().get("aecodec model"),
            "rows": rows}
-    path.write_text(json.dumps(_clean(res), indent=2) + "\n")
+    _write_text(path, json.dumps(_clean(res), indent=2) + "\n")
     return res
 
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` through a temporary file and a rename: a bench
+    stopped (Ctrl-C, a full disk) while writing its results leaves the previous file
+    whole, never a half-written one, and no temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 # ---------------------------------------------------------------------------
 # aggregation and outputs
@@ -1346,8 +1357,13 @@ def plot_rd(curves: Dict[str, Dict], references: Dict[str, Dict], metric: str, y
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:  # through a temporary file, as _write_text does
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def compare_measured(name: str, rows: Dict, images: List[ImageItem], measured_dir: Optional[Path]) -> Optional[Dict]:
@@ -1450,7 +1466,7 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
             "results": res,
         }
         p = out / f"{name}.json"
-        p.write_text(json.dumps(_clean(doc), indent=2) + "\n")
+        _write_text(p, json.dumps(_clean(doc), indent=2) + "\n")
         written.append(p)
         curves[name] = res
 
@@ -1495,12 +1511,12 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
         "incomplete_points": {n: a["incomplete"] for n, a in agg_all.items() if a["incomplete"]},
     }
     (out / "meta").mkdir(exist_ok=True)
-    (out / "meta" / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    _write_text(out / "meta" / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
 
     md = _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agreement, bd_psnr_md,
                            bd_ms_md, plots, versions, machine, date, sizes, total_px, small, jobs_seen,
                            measured_span, agg_all, references, out)
-    (out / "RESULTS.md").write_text(md)
+    _write_text(out / "RESULTS.md", md)
     readme = _update_readme(cfg, out, bd_psnr_md, plots, log)
     summary.update(json_files=[str(p) for p in written], plots={k: str(v) for k, v in plots.items()},
                    results_md=str(out / "RESULTS.md"), readme=str(readme) if readme else None)
@@ -1660,7 +1676,7 @@ def _update_readme(cfg: BenchConfig, out: Path, bd_psnr_md: str, plots: Dict, lo
     body.append(bd_psnr_md)
     start = text.index(README_START) + len(README_START)
     end = text.index(README_END)
-    Path(path).write_text(text[:start] + "\n" + "\n".join(body) + "\n" + text[end:])
+    _write_text(Path(path), text[:start] + "\n" + "\n".join(body) + "\n" + text[end:])
     return Path(path)
 
 

@@ -119,6 +119,27 @@ def test_store_skips_a_line_cut_short(tmp_path):
     assert s.index("other") == {}
 
 
+def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A bench stopped while writing (here: the disk fills half-way) leaves the previous
+    RESULTS.md (or JSON) as it was and no temporary file behind."""
+    p = tmp_path / "RESULTS.md"
+    p.write_text("previous results\n")
+    real_write = type(p).write_text
+
+    def half_then_full(self, text, *a, **k):
+        real_write(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(p), "write_text", half_then_full)
+    with pytest.raises(OSError):
+        B._write_text(p, "new results, long enough to be cut in half\n")
+    monkeypatch.undo()
+    assert p.read_text() == "previous results\n"
+    assert [q.name for q in tmp_path.iterdir()] == ["RESULTS.md"]
+    B._write_text(p, "new\n")
+    assert p.read_text() == "new\n" and [q.name for q in tmp_path.iterdir()] == ["RESULTS.md"]
+
+
 def test_time_process_reports_peak_rss():
     r = B.time_process([sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
                        runs=1)
