@@ -389,10 +389,6 @@ MAX_PIXELS_HELP = (f"refuse images over N pixels (decompression-bomb guard; 0: n
                    f"[default: {MAX_PIXELS} = 2^{MAX_PIXELS.bit_length() - 1}]")
 
 
-def _max_pixels(v: int):
-    return None if v == 0 else v
-
-
 def _max_pixels_option(f):
     return click.option("--max-pixels", type=click.IntRange(min=0), default=MAX_PIXELS, show_default=False,
                         metavar="N", help=MAX_PIXELS_HELP)(f)
@@ -530,11 +526,10 @@ def compress(ctx, inputs, output: Optional[str], out_dir: Optional[str], quality
     IN may be '-' to read one image from stdin (output then defaults to
     stdout).  With several INs, a failure is reported and the others go on.
     """
-    limit = _max_pixels(max_pixels)
     if max_size is not None and ctx.get_parameter_source("quality") == click.core.ParameterSource.DEFAULT:
         quality = QUALITIES[-1]  # --max-size alone: the best level that fits
     _run_batch("compress", inputs, output, out_dir, ".aec", progress,
-               lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, limit, say, max_size))
+               lambda inp, out, say: _compress_one(inp, out, quality, force, quiet, max_pixels, say, max_size))
 
 
 def _loaded_models() -> int:
@@ -634,9 +629,8 @@ def decompress(inputs, output: Optional[str], out_dir: Optional[str], force: boo
 
     With several INs, a failure is reported and the others go on.
     """
-    limit = _max_pixels(max_pixels)
     _run_batch("decompress", inputs, output, out_dir, ".png", progress,
-               lambda inp, out, say: _decompress_one(inp, out, force, quiet, limit, precision, image_quality, say))
+               lambda inp, out, say: _decompress_one(inp, out, force, quiet, max_pixels, precision, image_quality, say))
 
 
 @main.command()
