@@ -220,3 +220,40 @@ def test_the_spec_alone_decodes_real_strings():
     forced[3::11] = hi[3::11] + np.arange(forced[3::11].size) * 97 % 70000
     string = rans.encode(forced, idx, ty)
     assert _spec_rans_decode(string, idx.tolist(), ty._lists) == forced.tolist()
+
+
+def test_the_spec_alone_gives_the_scale_indexes(photo_crops):
+    """FORMAT.md's rule for the scale indexes (decoding step 4), followed literally: z_hat from
+    the symbols and the stored medians, the hyper-synthesis in float64, the scale raised to the
+    *stored* float32 lower bound, the entries of the table strictly below it counted.  It gives
+    the decoder's indexes; the decimal 0.11 as the bound would not (a scale at the bound is
+    index 0, not 1)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    import aecodec
+    from aecodec import coding, rans
+    from aecodec.weights import load_model
+
+    c = unpack(aecodec.compress(photo_crops[0][:128, :192], quality=1))
+    model = load_model(c.header.model_id)
+    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+    tz = rans.Tables.of(eb)
+    Hz, Wz = c.header.z_shape
+    z_sym = rans.decode(c.chunks[b"ZSTR"], np.repeat(np.arange(tz.n), Hz * Wz), tz)
+    medians = eb.quantiles[:, 0, 1].detach()
+    z_hat = torch.tensor(np.array(z_sym), dtype=torch.float32).reshape(1, tz.n, Hz, Wz) + medians.view(1, -1, 1, 1)
+    with torch.no_grad():
+        scales = copy.deepcopy(model.h_s).double()(z_hat.double())[:, : model.M].reshape(-1, 1)
+    table = gc.scale_table.double()[:63].view(1, -1)
+    bound = float(gc.lower_bound_scale.bound)  # the stored float32
+    assert bound == float(gc.scale_table[0]) and bound != 0.11
+    spec = (table < scales.clamp_min(bound)).sum(1).numpy()
+    _, params = coding.decode_latents(model, c.chunks[b"ZSTR"], c.chunks[b"YSTR"], c.chunks.get(b"YIDX", b""),
+                                      (Hz, Wz))
+    assert b"YIDX" not in c.chunks  # (else the listed latents would take the listed index)
+    assert np.array_equal(spec, params.indexes.reshape(-1))
+    decimal = (table < scales.clamp_min(0.11)).sum(1).numpy()
+    assert (decimal != spec).mean() > 0.01  # the wording matters
