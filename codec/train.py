@@ -368,8 +368,33 @@ def init_conflict(args) -> Optional[str]:
     last = Path(args.run_dir).expanduser() / "last.pt"
     if getattr(args, "init", None) and not getattr(args, "fresh", False) and last.exists():
         return (f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
-                "(replacing that checkpoint), or leave out --init to resume")
+                "(that run's files are then moved into a replaced-DATE folder), or leave out --init to resume")
     return None
+
+
+RUN_FILES = ("last.pt", "best.pt", "decay-start.pt", "log.jsonl", "curves.png")
+
+
+def set_aside_run(run_dir: Path) -> Optional[Path]:
+    """--fresh: move an earlier run's files (checkpoints, log, plot) into a new folder
+    ``replaced-YYYYmmdd-HHMMSS`` inside ``run_dir`` rather than overwrite them, so that
+    starting over never destroys a trained run (and the new log does not continue the old
+    one).  Returns that folder, or None when there was nothing to move."""
+    have = [run_dir / n for n in RUN_FILES if (run_dir / n).exists()]
+    if not have:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir / f"replaced-{stamp}"
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = run_dir / f"replaced-{stamp}-{k}"
+    dest.mkdir()
+    for f in have:
+        os.replace(f, dest / f.name)
+    print(f"--fresh: the earlier run's files in {run_dir} ({', '.join(f.name for f in have)}) were moved to "
+          f"{dest}", file=sys.stderr)
+    return dest
 
 
 class Trainer:
@@ -401,6 +426,7 @@ class Trainer:
         conflict = init_conflict(args)
         if conflict:
             raise SystemExit(f"error: {conflict}")
+        self._fresh_pending = bool(args.fresh)  # an earlier run's files: set aside at this run's first write
         resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
@@ -505,7 +531,16 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
         }
 
+    def _claim_run_dir(self) -> None:
+        """Before this run first writes into --run-dir: with --fresh, move the earlier run's
+        files aside (set_aside_run).  Not at start-up, so that a fresh run stopped before its
+        first log line or checkpoint leaves the earlier run where it was."""
+        if self._fresh_pending:
+            self._fresh_pending = False
+            set_aside_run(self.run_dir)
+
     def save(self, name: str = "last.pt") -> Path:
+        self._claim_run_dir()
         path = self.run_dir / name
         atomic_torch_save(self._state(), path)
         return path
@@ -744,6 +779,7 @@ class Trainer:
         return res
 
     def log(self, rec: Dict) -> None:
+        self._claim_run_dir()
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -1018,7 +1054,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
                    help="checkpoints and logs; an existing last.pt here is resumed")
     p.add_argument("--init", help="warm start from weights (.safetensors) or a checkpoint when the run is new")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --run-dir")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run (from --init, or new weights) instead of resuming the one in --run-dir; "
+                        "that run's checkpoints and log are moved into a replaced-DATE folder there, not deleted")
     p.add_argument("--arch", default="gained-mean-scale-hyperprior",
                    choices=["gained-mean-scale-hyperprior", "linear-gained-hyperprior"],
                    help="the deep model, or its linear twin (the PCA-like sanity baseline)")
@@ -1176,4 +1214,6 @@ def _main(parser, args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._argparse import run_main
+
+    sys.exit(run_main(main, prog="python -m aecodec.train"))

@@ -250,6 +250,28 @@ def test_init_is_not_silently_ignored_by_a_resume(data_dir, tmp_path):
     assert _trainer(data_dir, tmp_path / "a").step == 1  # a plain resume is unchanged
 
 
+def test_fresh_sets_the_earlier_run_aside_not_over_it(data_dir, tmp_path):
+    """--fresh starts over without destroying what was there: the earlier run's checkpoints
+    and log move into a replaced-DATE folder at the new run's first write (not before: a fresh
+    run stopped at once leaves the earlier one in place), and the new log starts empty."""
+    from aecodec.train import read_log
+
+    old = _trainer(data_dir, tmp_path / "a", "--steps", "2", "--log-every", "1")
+    old.run()
+    old_files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "last.pt" in old_files and "log.jsonl" in old_files
+    old_log = (tmp_path / "a" / "log.jsonl").read_text()
+    new = _trainer(data_dir, tmp_path / "a", "--fresh", "--steps", "1", "--log-every", "1")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == old_files  # nothing moved yet
+    new.run()
+    aside = list((tmp_path / "a").glob("replaced-*"))
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == old_files
+    assert (aside[0] / "log.jsonl").read_text() == old_log
+    assert torch.load(aside[0] / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["step"] == 1
+    assert [r["step"] for r in read_log(tmp_path / "a" / "log.jsonl")["train"]] == [1]
+
+
 def test_checkpoint_without_validation(data_dir, tmp_path):
     from aecodec.train import read_log
 
