@@ -78,6 +78,23 @@ class OneLineErrorsGroup(click.Group):
             sub = ctx.invoked_subcommand
             raise _one_line(e, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
 
+    def main(self, *args, **kwargs):
+        """Stdout that cannot be written (``aecodec info x.aec > /dev/full``, ``--help`` too):
+        one line and exit 1, not a traceback or a silent 0.  (click handles a closed pipe.)"""
+        from aecodec._argparse import flush_stdout, stdout_failed, writes_stdout
+
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as e:  # how click ends every run: flush while it can still be reported
+            failed = flush_stdout()
+            if failed is not None and not e.code:
+                sys.exit(failed)
+            raise
+        except OSError as e:
+            if not writes_stdout(e):
+                raise
+            sys.exit(stdout_failed(e))
+
 
 def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -324,6 +341,11 @@ def _run_batch(what: str, inputs, output, out_dir, suffix: str, progress: Option
     claimed = {}
     for inp, out in zip(inputs, outs):
         def job(inp=inp, out=out):
+            if out is None:
+                if not inp:
+                    raise DataError("'': an empty file name")
+                _read_input(inp)  # a directory: says so
+                raise DataError(f"{inp}: not a file")
             _claim(out, inp, claimed)
             one(inp, out, batch.say)
         batch.run(inp, job)
@@ -366,6 +388,8 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
             outs.append(output)
         elif inp == "-":
             outs.append("-")
+        elif Path(inp).name in ("", "..") or Path(inp).is_dir():
+            outs.append(None)  # no output name to derive: the input is refused on its turn
         elif out_dir is not None:
             outs.append(str(Path(out_dir) / (Path(inp).stem + suffix)))
         else:
@@ -553,7 +577,10 @@ def _image_format_for(path: str) -> str:
         return "PNG"
     if Path(path).is_dir():
         raise UsageProblem(f"{path}: is a directory")
+    from aecodec.image import register_plugins
+
     Image.init()
+    register_plugins()  # .heic, .jxl where their plugins are installed
     ext = Path(path).suffix.lower()
     fmt = Image.EXTENSION.get(ext)
     if fmt == "AEC":
@@ -649,6 +676,7 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
         if Path(heatmap).suffix.lower() != ".png":
             raise UsageProblem(f"{heatmap}: the heatmap is written as .png")
         _check_output(heatmap, force, other_name=" or name another file")
+    _refuse_terminal(file, "", ".aec data")
     raw = _read_input(file)
     import aecodec
 
@@ -676,10 +704,11 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
         return
     click.echo(f"{file}: aecodec file, format version {d['format_version']}\n"
                f"  image     {d['width']}x{d['height']} {d['mode']}\n"
-               f"  quality   {d['quality']}\n"
+               f"  quality   {d['quality']}"
+               + (f" (cannot be decoded: {d['quality_problem']})" if d.get("quality_problem") else "") + "\n"
                f"  model     {d['model']}"
                + (f" (cannot be decoded here: {d['model_problem']})"
-                  if not d.get("decodable", True) else "") + "\n"
+                  if d.get("model_problem") else "") + "\n"
                f"  latents   y {d['y_shape'][0]}x{d['y_shape'][1]}, z {d['z_shape'][0]}x{d['z_shape'][1]}\n"
                f"  size      {d['file_bytes']} bytes, {d['bpp']:.4f} bpp "
                f"(y {d['chunks'].get('YSTR', 0)} B, z {d['chunks'].get('ZSTR', 0)} B"
@@ -698,7 +727,7 @@ def train(ctx):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--register/--no-register", default=False, show_default=True,
               help="also add the weights to the manifest next to OUT and make them the default model "
@@ -712,6 +741,10 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     if not out.endswith(".safetensors"):
         raise UsageProblem(f"{out}: release weights are written as .safetensors")
     _check_output(out, force, other_name=" or name another file")
+    if not Path(checkpoint).exists():
+        raise DataError(f"{checkpoint}: no such file")
+    if Path(checkpoint).is_dir():
+        raise DataError(f"{checkpoint}: is a directory (aecodec train writes last.pt and best.pt in it)")
     if not _starts_with(Path(checkpoint), b"PK\x03\x04"):  # torch.save writes a zip archive
         raise DataError(f"{checkpoint}: not a training checkpoint (aecodec train writes last.pt and best.pt "
                         "in its run directory)")

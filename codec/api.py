@@ -235,7 +235,7 @@ def info(data: bytes) -> Dict:
         d["chunks"].setdefault(tag.decode("latin-1"), len(blob))
     icc = decode_icc(c)
     d["icc_profile_bytes"] = len(icc) if icc else 0
-    from .weights import WeightsError, model_problem
+    from .weights import WeightsError, model_problem, model_qualities
 
     try:
         problem = model_problem(c.header.model_id)
@@ -247,5 +247,11 @@ def info(data: bytes) -> Dict:
     d["decodable"] = problem is None  # by this installation's models (the header alone says nothing)
     if problem:
         d["model_problem"] = problem
+    else:  # the model is here: is the quality one of its levels? (a CRC-valid header can still lie)
+        levels = model_qualities(c.header.model_id)
+        if levels and c.header.quality not in levels:
+            d["decodable"] = False
+            d["quality_problem"] = (f"quality {c.header.quality} is not a level of model {c.header.model_id} "
+                                    f"({levels[0]}..{levels[-1]}): a damaged header")
     return d
 

@@ -107,9 +107,9 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
 
 
 def main(argv=None) -> int:
-    import argparse
+    from ._argparse import OneLineParser
 
-    p = argparse.ArgumentParser(prog="python -m aecodec.export", description=__doc__)
+    p = OneLineParser(prog="python -m aecodec.export", description=__doc__)
     p.add_argument("ckpt")
     p.add_argument("out")
     p.add_argument("--weights", choices=list(WEIGHTS), default="auto",
@@ -124,4 +124,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ._argparse import run_main
+
+    raise SystemExit(run_main(main, prog="python -m aecodec.export"))

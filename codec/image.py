@@ -3,7 +3,8 @@
 What happens to each kind of input (see docs/ROBUSTNESS.md):
 
 * L, RGB: coded as they are (grey as three equal channels).
-* LA, RGBA, P/PA with transparency: colour coded, alpha stored losslessly.
+* LA, RGBA, P/PA with transparency, and grey or RGB with a colour key (PNG
+  tRNS): colour coded, alpha stored losslessly (a colour key as LA / RGBA).
 * P (palette), 1 (bilevel): expanded to RGB / L.
 * 16-bit samples: reduced to 8 bits with a warning.  Grey (``I;16``) to the
   nearest 8-bit level, round(v / 257); 16-bit colour PNG/TIFF arrive from
@@ -134,6 +135,11 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     notes: List[str] = []
     raw_modes = _raw_modes(im) if raw_modes is None else raw_modes
     try:
+        if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
+            notes.append("image has several frames (animation or pages): only the first is coded")
+    except Exception:  # n_frames reads the whole file; a broken later frame is not this frame's problem
+        pass
+    try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not stop the image from being coded
         notes.append("unreadable EXIF orientation ignored")
@@ -154,14 +160,16 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
         im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
+    key_alpha = _colour_key_alpha(im, any(";16" in r for r in raw_modes))
     if mode == "1":
         im, mode = im.convert("L"), "L"
     if mode in ("CMYK",):
         im, mode, icc = _cmyk_to_rgb(im, icc, notes), "RGB", None
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return Planes(_grey(_to_8bit(np.asarray(im))), None, "L", icc, notes)
+        grey = _grey(_to_8bit(np.asarray(im)))
+        return Planes(grey, key_alpha, "L" if key_alpha is None else "LA", icc, notes)
     if mode == "L":
-        return Planes(_grey(np.asarray(im, dtype=np.uint8)), None, "L", icc, notes)
+        return Planes(_grey(np.asarray(im, dtype=np.uint8)), key_alpha, "L" if key_alpha is None else "LA", icc, notes)
     if mode in ("LA", "La"):
         a = np.asarray(im.convert("LA"), dtype=np.uint8)
         return Planes(_grey(a[:, :, 0]), a[:, :, 1].copy(), "LA", icc, notes)
@@ -175,7 +183,33 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
             raise ImageError(f"cannot convert a {mode} image to RGB ({e})") from None
         if mode not in ("RGBX", "YCbCr"):
             icc = None  # the profile described the old colour space
+    if mode == "RGB" and key_alpha is not None:
+        return Planes(np.asarray(im, dtype=np.uint8).copy(), key_alpha, "RGBA", icc, notes)
     return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB", icc, notes)
+
+
+def _colour_key_alpha(im: Image.Image, wide: bool) -> Optional[np.ndarray]:
+    """The alpha plane of a colour-key transparency (PNG's tRNS on a grey or RGB image:
+    the pixels of one exact value are transparent), or None when the image has none or no
+    pixel has that value.  ``wide``: the file's samples were 16 bits (a 16-bit RGB PNG comes
+    from Pillow reduced to its high bytes, while its key stays 16-bit)."""
+    t = im.info.get("transparency")
+    if t is None or isinstance(t, (bytes, bytearray)):
+        return None
+    arr = np.asarray(im)
+    if im.mode == "RGB":
+        if not (isinstance(t, tuple) and len(t) == 3):
+            return None
+        hit = np.all(arr == np.array([v >> 8 if wide else v for v in t]), axis=2)
+    elif im.mode in ("1", "L", "I") or im.mode.startswith("I;16"):
+        if not isinstance(t, int):
+            return None
+        hit = arr == (bool(t) if im.mode == "1" else t)
+    else:
+        return None
+    if not hit.any():
+        return None
+    return np.where(hit, 0, 255).astype(np.uint8)
 
 
 def planes_from_array(arr: np.ndarray) -> Planes:
@@ -243,6 +277,28 @@ def pixels_in_words(n: int) -> str:
 _pillow_limit_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
+def register_plugins() -> Tuple[str, ...]:
+    """Register the Pillow plugins for HEIF (pillow-heif) and JPEG XL (pillow-jxl-plugin)
+    where they are installed (``pip install 'aecodec[bench]'`` brings both), so that .heic
+    and .jxl images can be read and written.  Returns the formats added; once per process."""
+    added = []
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        added.append("HEIF")
+    except Exception:  # not installed, or its native library does not load: those formats stay unknown
+        pass
+    try:
+        import pillow_jxl  # noqa: F401  (registers JXL on import)
+
+        added.append("JXL")
+    except Exception:
+        pass
+    return tuple(added)
+
+
 def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None) -> Planes:
     """Read an image from a path or a binary file object. Raises ImageError with a one-line reason.
 
@@ -253,6 +309,7 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
     if not hasattr(src, "read"):
         src = Path(src)
     path = name or str(src if isinstance(src, Path) else "<stream>")
+    register_plugins()
     try:
         with _pillow_limit_lock:
             saved = Image.MAX_IMAGE_PIXELS
@@ -263,14 +320,9 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
                 Image.MAX_IMAGE_PIXELS = saved
         with im:
             check_size(im.width, im.height, max_pixels, what="image")
-            notes = []
-            if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
-                notes.append("image has several frames (animation or pages): only the first is coded")
             raw_modes = _raw_modes(im)
             im.load()
-            p = planes_from_pil(im, raw_modes)
-            p.notes[:0] = notes
-            return p
+            return planes_from_pil(im, raw_modes)
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from None
     except FileNotFoundError:
@@ -391,6 +443,9 @@ def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = N
         params[LOSSY_OUTPUTS[fmt]] = q
         if fmt in ("JPEG", "MPO"):
             params["subsampling"] = 0  # 4:4:4: the decoded colours are not halved again
+    elif quality is not None:
+        notes.append(f"{fmt} is written without loss: the output quality {quality} does not apply "
+                     "(it is for .jpg, .webp, .avif, .heic, .jxl)")
     if fmt == "GIF":
         notes.append("GIF holds at most 256 colours and no partial transparency: the image is reduced to "
                      "a palette" + (" and its alpha channel may be lost" if alpha else "")

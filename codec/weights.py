@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from .format import FormatError
 
@@ -128,6 +128,24 @@ def model_problem(model_id: str, manifest: Optional[Dict] = None) -> Optional[st
                 f"{retired['file']} (sha256 {retired['sha256'][:12]}...) into {weights_dir()}")
     return (f"needs model {model_id!r}, which this aecodec does not have "
             f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
+
+
+def model_qualities(model_id: str, manifest: Optional[Dict] = None) -> Optional[List[int]]:
+    """The quality levels of an installed model, from its weights file's header alone (no
+    torch, no weights read); None where the file or its record is not there."""
+    import struct
+
+    manifest = manifest if manifest is not None else read_manifest()
+    entry = manifest.get("models", {}).get(model_id) or manifest.get("retired", {}).get(model_id)
+    try:
+        with open(weights_dir() / entry["file"], "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100_000_000:
+                return None
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        return [int(q) for q in json.loads(meta["qualities"])]
+    except (OSError, TypeError, KeyError, ValueError, struct.error):
+        return None
 
 
 def loaded_models() -> int:

@@ -85,7 +85,7 @@ def test_bad_quality_is_usage_error(work, q):
     (["decompress", "x.aec", "-o"], "aecodec decompress", "'-o' requires an argument"),
     (["info"], "aecodec info", "Missing argument 'FILE'"),
     (["compress", "x.png", "-q"], "aecodec compress", "'-q' requires an argument"),
-    (["export", "only-one"], "aecodec export", "File 'only-one' does not exist"),
+    (["export", "only-one"], "aecodec export", "Missing argument 'OUT'"),
     (["bench", "--bogus"], "aecodec bench", "No such option '--bogus'"),
     (["frob"], "aecodec", "No such command 'frob'"),
     (["--bogus"], "aecodec", "No such option '--bogus'"),
@@ -127,6 +127,65 @@ def test_bad_inputs_exit_1_no_output(work):
     assert r.exit_code == 1
 
 
+def test_inputs_with_no_file_name_are_one_line(work, monkeypatch):
+    """'.', '/', '..' and '' have no name to make an output name from: each is refused on its
+    turn in one line (they were a ValueError traceback), and the other inputs still go on."""
+    monkeypatch.chdir(work)
+    for args in (["compress", "."], ["compress", "/"], ["compress", ".."], ["compress", ""],
+                 ["decompress", "."], ["compress", "-d", str(work), "."]):
+        r = run(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.stderr.count("\n") == 1 and ("is a directory" in r.stderr or "empty file name" in r.stderr), r.stderr
+    r = run("compress", ".", "photo.png", "-q", "1")
+    assert r.exit_code == 1 and (work / "photo.aec").exists() and "1 of 2 files failed: ." in r.stderr
+
+
+def test_info_does_not_wait_on_a_terminal(tmp_path):
+    """`aecodec info -` with a terminal as stdin refuses at once, as compress and decompress do
+    (it hung waiting for input)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-c", "from aecodec.cli import main; main()", "info", "-"],
+                           stdin=follower, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert r.returncode == 2 and "from a terminal" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("args", [["info", "{aec}", "--json"], ["info", "{aec}"], ["--help"], ["--version"],
+                                  ["compress", "--help"], ["train", "--help"], ["-m", "aecodec.train", "--help"],
+                                  ["tools/rdcompare.py", "--help"], ["tools/rdcompare.py", "benchmarks/kodak"]])
+def test_stdout_that_cannot_be_written_is_one_line(work, args):
+    """`> /dev/full`: one line and exit 1, for the click commands, the argparse ones (whose help
+    argparse would drop silently, exit 0) and the tools (print)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    aec = work / "p.aec"
+    if not aec.exists():
+        assert run("compress", work / "photo.png", "-q", "1", "-o", aec).exit_code == 0
+    args = [a.format(aec=aec) for a in args]
+    if args[0] == "-m" or args[0].startswith("tools/"):
+        cmd = [sys.executable] + [str(ROOT / a) if a.startswith(("tools/", "benchmarks/")) else a for a in args]
+    else:
+        cmd = [sys.executable, "-c", "from aecodec.cli import main; main()"] + args
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 1, (args, r.stderr)
+    assert r.stderr.count("\n") == 1 and "<stdout>: cannot write (No space left on device)" in r.stderr, r.stderr
+
+
 def test_corrupt_aec_exit_1_no_output(work):
     run("compress", work / "photo.png")
     good = (work / "photo.aec").read_bytes()
@@ -146,6 +205,14 @@ def test_missing_output_directory(work):
     assert r.exit_code == 1 and "does not exist" in r.stderr
 
 
+def test_export_of_a_missing_checkpoint_is_bad_data(work):
+    """A missing input is exit 1 everywhere (click's exists=True made it a usage error, 2)."""
+    for name, says in (("missing.pt", "no such file"), (".", "is a directory")):
+        r = run("export", work / name, work / "w.safetensors")
+        assert r.exit_code == 1 and says in r.stderr and r.stderr.count("\n") == 1, r.output
+    assert not (work / "w.safetensors").exists()
+
+
 def test_info(work):
     run("compress", work / "photo.png", "-q", "3")
     r = run("info", work / "photo.aec")
@@ -153,6 +220,26 @@ def test_info(work):
     d = json.loads(run("info", work / "photo.aec", "--json").output)
     assert d["width"] == 128 and d["height"] == 96 and d["quality"] == 3 and d["mode"] == "RGB"
     assert d["file_bytes"] == (work / "photo.aec").stat().st_size
+    assert d["decodable"] is True and "quality_problem" not in d
+
+
+@pytest.mark.parametrize("quality", [0, 9])
+def test_info_says_a_quality_the_model_lacks_cannot_decode(work, quality):
+    """A header whose checksum is right but whose quality is not one of the model's levels:
+    info says the file cannot be decoded (decompress refuses it), instead of reporting it fine."""
+    import struct
+    import zlib
+
+    run("compress", work / "photo.png", "-q", "3")
+    b = bytearray((work / "photo.aec").read_bytes())
+    b[7 + b[6]] = quality  # the quality byte follows the model id (FORMAT.md)
+    b[-4:] = struct.pack(">I", zlib.crc32(bytes(b[:-4])))
+    (work / "bad.aec").write_bytes(bytes(b))
+    d = json.loads(run("info", work / "bad.aec", "--json").output)
+    assert d["quality"] == quality and d["decodable"] is False and "not a level" in d["quality_problem"]
+    assert "cannot be decoded" in run("info", work / "bad.aec").output
+    r = run("decompress", work / "bad.aec")
+    assert r.exit_code == 1 and f"quality {quality} not in 1..8" in r.stderr
 
 
 def test_stdin_stdout(work):
@@ -533,7 +620,10 @@ def test_lossy_outputs_say_so_and_take_a_quality(work):
     assert (work / "lo.jpg").stat().st_size < (work / "hi.jpg").stat().st_size
     assert psnr(exact, hi) > psnr(exact, lo) and psnr(exact, hi) > 40
     r = run("decompress", work / "photo.aec", "-o", work / "x.png")  # lossless: no quality named
-    assert "(lossy)" not in r.stderr
+    assert "(lossy)" not in r.stderr and "warning" not in r.stderr
+    r = run("decompress", work / "photo.aec", "-o", work / "y.png", "--image-quality", "30")  # said, not ignored
+    assert r.exit_code == 0 and "warning" in r.stderr and "quality 30 does not apply" in r.stderr, r.stderr
+    assert np.array_equal(np.asarray(Image.open(work / "y.png")), np.asarray(exact))
     r = run("decompress", work / "photo.aec", "-o", work / "bad.jpg", "--image-quality", "0")
     assert r.exit_code == 2 and not (work / "bad.jpg").exists()
     r = run("decompress", work / "photo.aec", "-o", work / "p.pdf")  # a PDF holds a JPEG

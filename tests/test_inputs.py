@@ -186,6 +186,78 @@ def test_animated_first_frame_with_warning(tmp_path, photo, fmt):
         aecodec.image.warn_notes(p)
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_library_warns_about_animation_too(photo, fmt):
+    """The library says it too, for an image the caller opened (not only the command line)."""
+    frames = [Image.fromarray(photo), Image.fromarray(255 - photo)]
+    data = _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
+                 **({"lossless": True} if fmt == "WEBP" else {}))
+    with pytest.warns(AecodecWarning, match="first"):
+        aecodec.compress(Image.open(io.BytesIO(data)), quality=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one frame: nothing to say
+        aecodec.compress(Image.open(io.BytesIO(_save(frames[0], fmt))), quality=1)
+
+
+@pytest.mark.parametrize("kind", ["RGB", "L", "I;16", "RGB-16"])
+def test_colour_key_transparency_kept_as_alpha(tmp_path, photo, kind):
+    """PNG's tRNS on a grey or RGB image (one exact value is transparent) comes back as alpha,
+    through the command line and the library; the colour is coded as usual."""
+    rgb = photo.copy()
+    hole = np.zeros(rgb.shape[:2], bool)
+    hole[10:20, 5:30] = True
+    if kind == "RGB":
+        key = (150, 171, 195)
+        rgb[hole] = key
+        data = _save(Image.fromarray(rgb), "PNG", transparency=key)
+    elif kind == "L":
+        g = np.asarray(Image.fromarray(photo).convert("L")).copy()
+        g[g == 167] = 166
+        g[hole] = 167
+        data = _save(Image.fromarray(g), "PNG", transparency=167)
+    elif kind == "I;16":
+        g = np.asarray(Image.fromarray(photo).convert("L")).astype(np.uint16) * 257
+        g[hole] = 12345
+        data = _save(Image.fromarray(g), "PNG", transparency=12345)
+    else:  # 16-bit RGB written by hand, with a 16-bit tRNS key
+        rgb16 = photo.astype(np.uint16) * 257
+        rgb16[hole] = (40000, 1000, 65535)
+        png = _png16(rgb16, 2)
+        trns = b"tRNS" + struct.pack(">HHH", 40000, 1000, 65535)
+        chunk = struct.pack(">I", 6) + trns + struct.pack(">I", zlib.crc32(trns))
+        data = png[:33] + chunk + png[33:]  # after IHDR (8 + 25 bytes)
+    im = Image.open(io.BytesIO(data))
+    assert "transparency" in im.info and im.mode in ("RGB", "L", "I;16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = aecodec.decompress(aecodec.compress(im, quality=3))
+    assert out.mode == ("LA" if kind in ("L", "I;16") else "RGBA")
+    assert np.array_equal(np.asarray(out)[:, :, -1] == 0, hole), "the keyed pixels, and only they, are transparent"
+    img, _ = _roundtrip_cli(tmp_path, "key.png", data)
+    assert img.mode == out.mode and np.array_equal(np.asarray(img)[:, :, -1] == 0, hole)
+    # a key no pixel has: nothing is transparent, the image stays as it was
+    if kind == "RGB":
+        plain = _save(Image.fromarray(photo), "PNG", transparency=(1, 2, 3))
+        assert not np.all(photo == (1, 2, 3), axis=2).any()
+        assert aecodec.decompress(aecodec.compress(Image.open(io.BytesIO(plain)), quality=1)).mode == "RGB"
+
+
+@pytest.mark.parametrize("ext, module", [(".heic", "pillow_heif"), (".jxl", "pillow_jxl")])
+def test_heif_and_jpeg_xl_read_and_written_where_their_plugins_are(tmp_path, photo, ext, module):
+    """The README and --image-quality name .heic and .jxl outputs: with the plugin installed (the
+    bench and test extras have both) the command line writes them and reads them back."""
+    pytest.importorskip(module)
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    assert run("compress", tmp_path / "a.png", "-q", "2").exit_code == 0
+    r = run("decompress", tmp_path / "a.aec", "-o", tmp_path / f"a{ext}")
+    assert r.exit_code == 0, r.output
+    assert "(lossy)" in r.stderr and (tmp_path / f"a{ext}").stat().st_size > 0
+    r = run("compress", tmp_path / f"a{ext}", "-o", tmp_path / "b.aec", "-q", "2")
+    assert r.exit_code == 0, r.output
+    back = np.asarray(aecodec.decompress((tmp_path / "b.aec").read_bytes()).convert("RGB"))
+    assert back.shape == photo.shape and psnr(photo, back) > 10
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 777), (777, 1), (3, 5000), (1, 2100)])
 def test_tiny_thin_and_very_wide(shape):
     x = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
