@@ -86,7 +86,11 @@ class OneLineErrorsGroup(click.Group):
         try:
             return super().main(*args, **kwargs)
         except SystemExit as e:  # how click ends every run: flush while it can still be reported
-            failed = flush_stdout()
+            try:
+                failed = flush_stdout()
+            except BrokenPipeError:  # the reader went away: silent, exit 1, as click does itself
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(e.code or 1)
             if failed is not None and not e.code:
                 sys.exit(failed)
             raise

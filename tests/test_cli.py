@@ -688,3 +688,24 @@ def test_sizes_with_units():
     for bad in ("", "k", "-5", "0", "0.0001k", "5 kilobytes", "1e6", "2.5", "1.0001k"):
         with pytest.raises(click.exceptions.BadParameter):
             conv(bad, None, None)
+
+
+def test_a_reader_gone_before_the_final_flush_is_no_traceback():
+    """The reader of stdout went away (a closed pipe) by the time aecodec flushes at its end:
+    exit 1 and nothing on stderr, as click does for a closed pipe during a write."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from aecodec.cli import main
+class Gone:
+    def __init__(self, s): self.s = s
+    def write(self, t): return len(t)
+    def flush(self): raise BrokenPipeError(32, "Broken pipe")
+    def __getattr__(self, n): return getattr(self.s, n)
+sys.stdout = Gone(sys.stdout)
+main(["--version"])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == "", r.stderr
