@@ -372,6 +372,16 @@ def init_conflict(args) -> Optional[str]:
     return None
 
 
+# What --clip bounds, recorded in each checkpoint: "main" = the main optimiser's parameters only.
+# Before session 11 it was every parameter, the quantiles' stale auxiliary gradient included
+# (see Trainer._rescale_old_moments).
+CLIP_SCOPE = "main"
+# Adam's epsilon for the main parameters.  Until session 11 every main gradient reached Adam
+# divided by the ~840 norm of the aux gradient (see CLIP_SCOPE), so torch's default 1e-8 acted
+# as ~8.4e-6 on the real gradients for the whole lineage of the shipped weights (a step from a
+# checkpoint measured with 8.4e-6 matched the old code's to 4 digits).  1e-5 keeps that.
+ADAM_EPS = 1e-5
+OLD_CLIP = 1.0  # --clip's default before session 11 (the checkpoints of then did not record it)
 RUN_FILES = ("last.pt", "best.pt", "decay-start.pt", "log.jsonl", "curves.png")
 
 
@@ -461,8 +471,9 @@ class Trainer:
         self.base_lr = args.lr if args.lr is not None else DEFAULT_LR
         # on a GPU, fused Adam: one kernel per step instead of a few per parameter group
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.opt = torch.optim.Adam(params, lr=self.base_lr, **fused)
+        self.opt = torch.optim.Adam(params, lr=self.base_lr, eps=ADAM_EPS, **fused)
         self.aux_opt = torch.optim.Adam(aux, lr=args.aux_lr, **fused)
+        self._main_params = params  # what --clip bounds: never the quantiles (their aux gradient is ~840)
         self.step = 0
         self.crops_seen = 0
         self.train_seconds = 0.0
@@ -525,7 +536,9 @@ class Trainer:
             "parent": self.parent,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
-                       "device": describe_device(self.device, self.args.threads), "amp": self.args.amp},
+                       "device": describe_device(self.device, self.args.threads), "amp": self.args.amp,
+                       "clip": self.args.clip},
+            "clip_scope": CLIP_SCOPE,
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
@@ -558,6 +571,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
+        if st.get("clip_scope") != CLIP_SCOPE:
+            self._rescale_old_moments()
         self.step = st["step"]
         self.crops_seen = st["crops_seen"]
         self.train_seconds = st["train_seconds"]
@@ -584,6 +599,32 @@ class Trainer:
         self._drop_log_after(self.step)
         print(f"resumed {path} at step {self.step}", file=sys.stderr)
         return st.get("ema")
+
+    def _rescale_old_moments(self) -> None:
+        """A checkpoint written before session 11 clipped the norm of *all* gradients, the
+        quantiles' auxiliary one included (stale from the step before, and ~840 against a
+        main gradient of 1-7), to the old --clip 1.0: every main gradient reached Adam divided
+        by that norm.  Adam does not mind a constant factor, but its moments hold it: resumed
+        with unscaled gradients, its steps would be up to ~10x too large for a hundred steps.
+        Multiply the moments by the factor (the aux gradient's norm at these weights), so the
+        run goes on as it was."""
+        import torch
+
+        q = [p for g in self.aux_opt.param_groups for p in g["params"]]
+        aux = self.model.aux_loss()
+        grads = torch.autograd.grad(aux, q, allow_unused=True)
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        factor = max(1.0, norm / OLD_CLIP)
+        if factor == 1.0:
+            return
+        for st in self.opt.state.values():
+            if "exp_avg" in st:
+                st["exp_avg"].mul_(factor)
+                st["exp_avg_sq"].mul_(factor * factor)
+        for g in self.opt.param_groups:  # the checkpoint's 1e-8 acted on gradients divided by factor
+            g["eps"] = ADAM_EPS
+        print(f"this checkpoint clipped the aux gradient with the main ones (before session 11): Adam's moments "
+              f"scaled by {factor:.1f} to the unclipped gradients, so the run continues as it was", file=sys.stderr)
 
     def _drop_log_after(self, step: int) -> None:
         """Forget log records past the checkpoint being resumed: those steps are redone,
@@ -694,7 +735,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
         self._compile_unproven = False
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self._main_params, a.clip)
         self.opt.step()
         aux = self.model.aux_loss()
         self.aux_opt.zero_grad(set_to_none=True)
@@ -1081,7 +1122,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the decay are kept as decay-start.pt; default 0: none)")
     p.add_argument("--rewarm", action="store_true",
                    help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--clip", type=float, default=50.0,
+                   help="largest norm of the gradient of the transforms and entropy models (not the quantiles' "
+                        "auxiliary one); at the shipped weights a step's is 1-7, so this catches spikes only "
+                        "(default: 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, levels and initial weights")
     p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
     p.add_argument("--minutes", type=float, default=0,

@@ -71,7 +71,8 @@ set -- --device "${DEVICE:-cuda}" --run-dir "$RUN" --batch "$BATCH" --crop 256 -
 TOTAL=$($PY -c "print($CONST + $DECAY)")
 # One process per call: the constant rate, then (--decay-minutes) a cosine decay over the last DECAY
 # minutes, its length in steps measured from the run's own speed. A new process resuming straight
-# into a high rate spiked on the H100 in session 9 (docs/GPU.md); a --rewarm ramp did not.
+# into a high rate spiked on the H100 in session 9 (docs/GPU.md; the cause, a stale auxiliary
+# gradient in the clipped norm, was fixed in session 11); a --rewarm ramp did not.
 rm -f "$RUN/decay-start.pt"  # a previous call's would pass for this one's
 rc=0
 if [ "${MORE:-0}" = 1 ]; then

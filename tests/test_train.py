@@ -80,6 +80,65 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
         assert torch.equal(p, q), n
 
 
+def test_clipping_ignores_the_auxiliary_gradient(data_dir, tmp_path):
+    """--clip bounds the main parameters' gradient only.  Until session 11 it bounded the norm
+    of every gradient, the quantiles' auxiliary one included, which an uninterrupted run
+    carries over from the step before and a resumed process does not have: at the shipped
+    weights that norm is ~840 against 1-7, so a resumed run's first step was ~15x larger than
+    an uninterrupted run's (the GPU resume spikes of sessions 5 and 9).  Here: the same step
+    with and without a (large) stale auxiliary gradient gives the same weights, bit for bit,
+    with clipping active."""
+    a = _trainer(data_dir, tmp_path / "a", "--clip", "0.001")
+    a.train_step()
+    a.save()
+    steps = []
+    for stale in (False, True):
+        t = _trainer(data_dir, tmp_path / "a", "--clip", "0.001")
+        assert t.step == 1
+        if stale:
+            for p in t.aux_opt.param_groups[0]["params"]:
+                p.grad = torch.full_like(p, 1e6)
+        t.train_step()
+        steps.append({n: p.detach().clone() for n, p in t.model.named_parameters() if not n.endswith("quantiles")})
+    for n in steps[0]:
+        assert torch.equal(steps[0][n], steps[1][n]), n
+
+
+def test_a_checkpoint_from_before_the_clipping_fix_continues_as_it_was(data_dir, tmp_path, monkeypatch):
+    """A checkpoint whose clipping counted the aux gradient (no "clip_scope"): its Adam moments
+    were built from gradients divided by that norm (the old --clip was 1.0), so on resume they
+    are multiplied by it, and eps is set to the value that acted then: the run's next steps
+    have the size the old code gave them, not up to ~10x more."""
+    from aecodec import train as T
+
+    # the tiny model's aux gradient (~0.7) is under the old clip of 1.0, which left it unscaled;
+    # a smaller old clip makes the scaling (norm / clip) happen here, as it did at full size (~840)
+    monkeypatch.setattr(T, "OLD_CLIP", 0.1)
+    a = _trainer(data_dir, tmp_path / "a")
+    for _ in range(3):
+        a.train_step()
+    path = a.save()
+    st = torch.load(path, weights_only=False)
+    ref = {k: (v["exp_avg"].clone(), v["exp_avg_sq"].clone()) for k, v in st["opt"]["state"].items()}
+    del st["clip_scope"]
+    torch.save(st, path)
+    t = _trainer(data_dir, tmp_path / "a")
+    q = t.aux_opt.param_groups[0]["params"]
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in torch.autograd.grad(t.model.aux_loss(), q))))
+    factor = norm / T.OLD_CLIP
+    assert factor > 1
+    got = t.opt.state_dict()["state"]
+    for k, (m, v) in ref.items():
+        assert torch.allclose(got[k]["exp_avg"], m * factor, rtol=1e-5, atol=0)
+        assert torch.allclose(got[k]["exp_avg_sq"], v * factor * factor, rtol=1e-5, atol=0)
+    assert all(g["eps"] == T.ADAM_EPS for g in t.opt.param_groups)
+    # a checkpoint of this code is resumed as it is
+    t.save()
+    u = _trainer(data_dir, tmp_path / "a")
+    for k, s in u.opt.state_dict()["state"].items():
+        assert torch.equal(s["exp_avg_sq"], got[k]["exp_avg_sq"])
+
+
 def test_ema_averages_the_weights(data_dir, tmp_path):
     tr = _trainer(data_dir, tmp_path / "run", "--ema", "0.9")
     start = {k: v.clone() for k, v in tr.model.state_dict().items()}
