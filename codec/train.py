@@ -55,19 +55,60 @@ def training_split(data, val_images: int) -> tuple:
     most one in 20.  One rule for training and for --pack-to, so a pack never holds a
     held-out image."""
     if not Path(data).is_dir():
-        raise SystemExit(f"error: {data}: no such directory")
-    files = list_images(Path(data))
+        raise SystemExit(f"error: {data}: {'a file, not a folder' if Path(data).exists() else 'no such directory'}")
+    files, small = [], []
+    for p in list_images(Path(data)):
+        (files if _min_side(p) >= MIN_SIDE else small).append(p)
+    if small:
+        print(f"note: {len(small)} image(s) in {data} under {MIN_SIDE} pixels on a side (or unreadable) left out, "
+              f"e.g. {small[0].name}", file=sys.stderr)
     if len(files) < 2:
-        raise SystemExit(f"error: need at least 2 images in {data}, found {len(files)}")
+        raise SystemExit(f"error: need at least 2 images of at least {MIN_SIDE}x{MIN_SIDE} pixels in {data}, "
+                         f"found {len(files)}")
     return split_files(files, min(val_images, max(1, len(files) // 20)))
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+def read_checkpoint(path: Path, resumed: bool = False) -> Dict:
+    """A training checkpoint (last.pt, best.pt), or a one-line error (SystemExit) that says
+    what the file is not and, for the run directory's own (``resumed``), the way out."""
+    import torch
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        ok = isinstance(st, dict) and "model" in st and "config" in st
+    except Exception as e:  # a damaged zip, text, a pickle of something else: torch says it many ways
+        ok, why = False, " ".join(str(e).split())[:120] or type(e).__name__
+    else:
+        why = "not a training checkpoint of aecodec train"
+    if ok:
+        return st
+    if resumed:
+        raise SystemExit(f"error: {path} cannot be resumed ({why}): start over with --fresh (the file is then "
+                         "moved aside), or put back a good copy")
+    raise SystemExit(f"error: --init {path}: not release weights (.safetensors) or a training checkpoint ({why})")
+
+
+MIN_SIDE = 64  # the model's downsampling: a smaller image gives no crop to train or validate on
+
+
+def _min_side(path: Path) -> int:
+    """The shorter side from the image's header (0 when Pillow cannot read it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except Exception:
+        return 0
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """The image as 8-bit RGB, read as ``aecodec compress`` reads it (EXIF orientation applied;
+    16-bit samples reduced to the nearest 8-bit level rather than clipped; CMYK through its
+    profile); its alpha, if any, left out."""
+    from .image import open_image
+
+    return open_image(path).rgb
 
 
 class CropSampler:
@@ -437,7 +478,7 @@ class Trainer:
         if conflict:
             raise SystemExit(f"error: {conflict}")
         self._fresh_pending = bool(args.fresh)  # an earlier run's files: set aside at this run's first write
-        resume = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() and not args.fresh else None
+        resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
         except ValueError as e:
@@ -562,7 +603,7 @@ class Trainer:
         import torch
 
         if st is None:
-            st = torch.load(path, map_location="cpu", weights_only=False)
+            st = read_checkpoint(path, resumed=True)
         cfg = st["config"]
         got = (cfg.get("arch", "gained-mean-scale-hyperprior"), cfg["N"], cfg["M"])
         if got != (self.model.arch, self.model.N, self.model.M):
@@ -584,6 +625,8 @@ class Trainer:
             self.decay_steps = st.get("decay_steps") or DEFAULT_DECAY_STEPS
         self.warmup_from = st.get("warmup_from", 0)
         self.best_val = st.get("best_val")
+        if self.best_val is not None and not math.isfinite(self.best_val):  # written before that was refused
+            self.best_val = None
         self.parent = st.get("parent")
         torch.set_rng_state(st["rng"]["torch"])
         if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
@@ -651,15 +694,18 @@ class Trainer:
         import torch
 
         if str(path).endswith(".safetensors"):
-            from .weights import load_state_dict_file, read_metadata
+            from .weights import WeightsError, load_state_dict_file, read_metadata
 
-            sd = load_state_dict_file(path)
-            meta = read_metadata(path)
+            try:
+                sd = load_state_dict_file(path)
+                meta = read_metadata(path)
+            except WeightsError as e:
+                raise SystemExit(f"error: --init: {e}") from None
             src_lambdas = json.loads(meta["lambdas"]) if "lambdas" in meta else None
             # what the export of this run adds its own training to (aecodec.export.lineage)
             self.parent = {k: v for k, v in meta.items() if k == "model_id" or k.startswith("training_")}
         else:
-            st = torch.load(path, map_location="cpu", weights_only=False)
+            st = read_checkpoint(path)
             sd = st["model"]
             src_lambdas = st.get("config", {}).get("lambdas")
             self.parent = st.get("parent")
@@ -891,6 +937,8 @@ class Trainer:
                     self.log({"kind": "train", "step": self.step, "time": time.time(),
                               "lr": self.opt.param_groups[0]["lr"], **avg})
                     window = []
+                    if not math.isfinite(avg["loss"]):
+                        self._diverged(avg["loss"])
                     spike = loss_spike(avg["loss"], recent)
                     if spike and not in_spike:  # once per spike, in the output a remote run returns
                         print(f"step {self.step}: loss spike: {avg['loss']:.4g} against a recent median of "
@@ -964,6 +1012,8 @@ class Trainer:
         the last good state for a release meanwhile.  At the end of a learning-rate decay
         the raw weights overtake their lagging average."""
         score = float(sum(val["loss"]))
+        if not math.isfinite(score):  # never a best; and a NaN best would let anything replace it
+            return
         if self.best_val is not None and score >= self.best_val:
             return
         self.best_val = score
@@ -972,7 +1022,18 @@ class Trainer:
         print(f"step {self.step}: best validation so far ({weights} weights, loss {score:.4f}), kept as best.pt",
               file=sys.stderr)
 
+    def _diverged(self, loss) -> None:
+        """Stop without saving: weights that are no longer numbers must not replace the last
+        good checkpoint (nor best.pt)."""
+        raise SystemExit(f"error: training diverged at step {self.step} (loss {loss}, lr "
+                         f"{self.opt.param_groups[0]['lr']:.3g}): nothing was saved; {self.run_dir / 'last.pt'} "
+                         "keeps the last good checkpoint: resume it with a lower --lr")
+
     def checkpoint_and_validate(self, validate: bool = True) -> None:
+        import torch
+
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._diverged("not finite")
         path = self.save()
         if not validate:
             print(f"step {self.step}: checkpoint {path}", file=sys.stderr)
@@ -1182,8 +1243,8 @@ def main(argv=None, prog=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
     for name in ("lr", "aux_lr", "ckpt_minutes", "clip"):
         v = getattr(args, name)
-        if v is not None and not v > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     for name in ("minutes", "val_minutes"):
         if not getattr(args, name) >= 0:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more")
@@ -1214,6 +1275,11 @@ def _main(parser, args) -> int:
         if args.decay_now or args.decay_start is not None or args.decay_steps is not None or args.steps:
             parser.error("--decay-minutes plans the decay itself from --minutes; drop --decay-now, --decay-start, "
                          "--decay-steps and --steps")
+    data = Path(args.data).expanduser().resolve()
+    for opt, d in (("--run-dir", args.run_dir), ("--pack-to", args.pack_to)):
+        if d and data.is_dir() and data in (Path(d).expanduser().resolve(), *Path(d).expanduser().resolve().parents):
+            parser.error(f"{opt} {d} is inside the training folder {args.data}: its files (the plot, a pack) "
+                         "would be read as training images; put it elsewhere")
     if args.pack_to:
         if Path(args.pack_to).is_dir() and any(Path(args.pack_to).iterdir()):
             parser.error(f"--pack-to {args.pack_to}: the folder is not empty; pack into a new or empty folder")
@@ -1229,6 +1295,8 @@ def _main(parser, args) -> int:
     conflict = init_conflict(args)
     if conflict:  # before minutes of loading images
         parser.error(conflict)
+    if args.init and not Path(args.init).is_file():
+        raise SystemExit(f"error: --init {args.init}: {'is a directory' if Path(args.init).is_dir() else 'no such file'}")
     tune_malloc()
     if args.probe_batches:
         try:

@@ -139,6 +139,82 @@ def test_a_checkpoint_from_before_the_clipping_fix_continues_as_it_was(data_dir,
         assert torch.equal(s["exp_avg_sq"], got[k]["exp_avg_sq"])
 
 
+def test_a_diverged_run_stops_without_saving_over_good_checkpoints(data_dir, tmp_path, capsys):
+    """A learning rate that blows the weights up: the run stops with one line and exit 1, and
+    last.pt / best.pt keep the last good state (a NaN validation once replaced best.pt, and a
+    NaN best score then let every later validation replace it).  --lr inf is refused."""
+    from aecodec.train import main
+
+    run = tmp_path / "run"
+    common = [str(data_dir), "--run-dir", str(run), "--N", "16", "--M", "24", "--crop", "64", "--val-crop", "64",
+              "--batch", "2", "--threads", "1", "--quiet", "--val-images", "1", "--log-every", "1"]
+    assert main(common + ["--steps", "2"]) == 0
+    good = {n: (run / n).read_bytes() for n in ("last.pt", "best.pt")}
+    capsys.readouterr()
+    assert main(common + ["--steps", "6", "--lr", "1e30", "--warmup", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err and "nothing was saved" in err and "Traceback" not in err
+    assert {n: (run / n).read_bytes() for n in good} == good
+    with pytest.raises(SystemExit) as e:
+        main(common + ["--lr", "inf"])
+    assert e.value.code == 2
+    # a NaN best score from an older run is no best at all
+    st = torch.load(run / "last.pt", weights_only=False)
+    st["best_val"] = float("nan")
+    torch.save(st, run / "last.pt")
+    assert _trainer(data_dir, run).best_val is None
+
+
+def test_odd_training_folders(data_dir, tmp_path, capsys):
+    """A run directory inside the training folder is refused (its plot would become a training
+    image and move the held-out split); images under 64 px are left out with a note (one in
+    the held-out slot crashed validation); 16-bit grey is read as compress reads it (it was
+    clipped to white); a file as DATA says so."""
+    import shutil
+
+    from aecodec.train import load_rgb, main, training_split
+
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    common = ["--N", "16", "--M", "24", "--crop", "64", "--val-crop", "64", "--batch", "2", "--threads", "1",
+              "--quiet", "--val-images", "1", "--steps", "1"]
+    with pytest.raises(SystemExit) as e:
+        main([str(d), "--run-dir", str(d / "run"), *common])
+    assert e.value.code == 2 and "inside the training folder" in capsys.readouterr().err
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(d / "small.png")
+    train, held = training_split(d, 1)
+    assert "small.png" not in [p.name for p in train + held] and "under 64 pixels" in capsys.readouterr().err
+    g = (np.arange(96 * 96, dtype=np.uint32).reshape(96, 96) * 7 % 65536).astype(np.uint16)
+    Image.fromarray(g).save(d / "deep.png")
+    assert np.array_equal(load_rgb(d / "deep.png")[:, :, 0], np.round(g / 257.0).astype(np.uint8))
+    assert main([str(d), "--run-dir", str(tmp_path / "run"), *common]) == 0
+    assert main([str(d / "small.png"), "--run-dir", str(tmp_path / "run2"), *common]) == 1
+    assert "a file, not a folder" in capsys.readouterr().err
+
+
+def test_bad_init_files_and_a_damaged_checkpoint_are_one_line(data_dir, tmp_path, capsys):
+    """--init that is missing, not safetensors, or not a checkpoint, and a damaged last.pt:
+    one line each, exit 1 (they were tracebacks), the damaged one naming --fresh."""
+    from aecodec.train import main
+
+    (tmp_path / "junk.safetensors").write_text("junk")
+    (tmp_path / "junk.pt").write_text("garbage")
+    common = ["--N", "16", "--M", "24", "--crop", "64", "--val-crop", "64", "--batch", "2", "--threads", "1",
+              "--quiet", "--val-images", "1", "--steps", "1"]
+    for init, says in ((tmp_path / "none.safetensors", "no such file"), (tmp_path / "junk.safetensors", "safetensors"),
+                       (tmp_path / "junk.pt", "not release weights"),
+                       (next(data_dir.iterdir()), "not release weights")):
+        assert main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--fresh", "--init", str(init), *common]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and err.strip().count("\n") <= 1, err
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "last.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert main([str(data_dir), "--run-dir", str(tmp_path / "r2"), *common]) == 1
+    assert "cannot be resumed" in capsys.readouterr().err
+    assert main([str(data_dir), "--run-dir", str(tmp_path / "r2"), "--fresh", *common]) == 0  # the way out
+    assert len(list((tmp_path / "r2").glob("replaced-*/last.pt"))) == 1
+
+
 def test_ema_averages_the_weights(data_dir, tmp_path):
     tr = _trainer(data_dir, tmp_path / "run", "--ema", "0.9")
     start = {k: v.clone() for k, v in tr.model.state_dict().items()}
