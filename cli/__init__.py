@@ -734,8 +734,9 @@ def train(ctx):
 @click.argument("checkpoint")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--register/--no-register", default=False, show_default=True,
-              help="also add the weights to the manifest next to OUT and make them the default model "
-                   "(a release does this with tools/release.py ship, after its checks: docs/RELEASE.md)")
+              help="also add the weights to the manifest.json next to OUT (created if need be) as its default "
+                   "model; AECODEC_WEIGHTS_DIR=that folder then makes compress, decompress and bench use them. "
+                   "(A release adds them to the shipped weights/ with tools/release.py ship: docs/RELEASE.md)")
 @click.option("--weights", "which", type=click.Choice(list(EXPORT_WEIGHTS)), default="auto", show_default=True,
               help="the weights' moving average or the raw weights; auto: what best.pt's validation "
                    "preferred, else the average")

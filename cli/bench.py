@@ -20,6 +20,7 @@ _DEFAULT_CODECS = "aecodec,jpeg-420,jpeg-444,webp,avif-444,heic-444,jxl,jpeg2000
 # the command line's one-line errors (exit 1 bad data, 2 bad usage); the package
 # defines them before it imports this module
 from aecodec.cli import DataError as _DataError, UsageProblem as _UsageProblem  # noqa: E402
+from aecodec.cli import _install_signal_handlers, _Terminated  # noqa: E402
 
 
 def _floats(spec: str, what: str) -> Tuple[float, ...]:
@@ -126,8 +127,12 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
         if not quiet:
             click.echo(f"aecodec bench: {msg}", err=True)
 
+    _install_signal_handlers()  # SIGTERM: the same clean stop as Ctrl-C (workers stopped, points kept)
     try:
         s = B.run_bench(cfg, progress=progress, log=log)
+    except _Terminated:
+        click.echo("aecodec bench: terminated; the points measured so far are kept, run again to resume", err=True)
+        sys.exit(143)
     except B.BenchUsageError as e:
         raise _UsageProblem(str(e)) from None
     except B.BenchError as e:

@@ -692,9 +692,15 @@ def list_images(dataset: Path) -> List[ImageItem]:
 
 
 def load_rgb(path) -> np.ndarray:
+    """The image as 8-bit RGB, as ``aecodec compress`` reads it (16-bit samples reduced to the
+    nearest 8-bit level, not clipped; EXIF orientation applied), alpha left out: every codec
+    is measured on these pixels."""
+    from .image import ImageError, open_image
+
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        return open_image(path).rgb
+    except ImageError as e:
+        raise BenchError(str(e)) from None
     except Exception as e:
         raise BenchError(f"{path}: cannot read image ({e})") from None
 
@@ -951,9 +957,16 @@ def _run_tasks(fn, tasks: List, jobs: int, on_result, fresh_process: bool = Fals
                 t = pending.pop(fut)
                 on_result(t, fut.result())
             fill()
-    except BaseException:
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into an exception), an error
         for fut in list(pending):
             fut.cancel()
+        # the workers may be minutes into a point: stop them, or they outlive the run (holding its
+        # stdout, so that a caller reading it waits for them)
+        for proc in list(getattr(ex, "_processes", {}).values()):
+            try:
+                proc.terminate()
+            except Exception:
+                pass
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown(wait=True)

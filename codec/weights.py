@@ -43,6 +43,9 @@ def read_manifest(directory: Optional[Path] = None) -> Dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if directory is None and os.environ.get("AECODEC_WEIGHTS_DIR"):
+            raise WeightsError(f"no weights manifest at {path} (AECODEC_WEIGHTS_DIR): export into that folder "
+                               "with `aecodec export CKPT DIR/NAME.safetensors --register`, or unset it") from None
         raise WeightsError(f"no weights manifest at {path}; reinstall aecodec") from None
     except (OSError, ValueError) as e:
         raise WeightsError(f"unreadable weights manifest {path}: {e}") from None

@@ -119,6 +119,16 @@ def test_store_skips_a_line_cut_short(tmp_path):
     assert s.index("other") == {}
 
 
+def test_bench_reads_16_bit_grey_as_compress_does(tmp_path):
+    """Every codec is measured on the pixels aecodec compress would code: a 16-bit grey PNG is
+    reduced to the nearest 8-bit level (convert("RGB") clipped it to white: 66 dB for any codec)."""
+    g = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 17 % 65536).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "deep.png")
+    rgb = B.load_rgb(tmp_path / "deep.png")
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[:, :, 1], np.round(g / 257.0).astype(np.uint8))
+
+
 def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """A bench stopped while writing (here: the disk fills half-way) leaves the previous
     RESULTS.md (or JSON) as it was and no temporary file behind."""
@@ -439,3 +449,51 @@ def test_the_files_list_names_only_what_was_written(tmp_path, crops_dir):
     assert "coldstart.json" not in files and "`rd-psnr.png`" in files
     assert not (tmp_path / "o" / "meta" / "coldstart.json").exists()
     assert not (tmp_path / "o" / "meta" / "scaling.jsonl").exists() and "scaling.jsonl" not in files
+
+
+def test_sigterm_stops_the_workers_too(tmp_path, photo_crops):
+    """`kill` (SIGTERM) of a parallel bench: exit 143 with one line, the points kept, and no
+    worker left running (they outlived the parent, holding its stdout)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("reads the process table from /proc")
+    (tmp_path / "img").mkdir()
+    Image.fromarray(photo_crops[0][:128, :128]).save(tmp_path / "img" / "a.png")
+    p = subprocess.Popen([sys.executable, "-c", "from aecodec.cli import main; main()", "bench", str(tmp_path / "img"),
+                          "--codecs", "aecodec,jpeg-420,webp", "--scaling-sizes", "none", "--no-coldstart", "-j", "2",
+                          "-o", str(tmp_path / "out"), "--no-reference", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children():
+        found = []
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == p.pid:
+                    found.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
+
+    t0 = time.time()
+    while time.time() - t0 < 120 and len(children()) < 2 and p.poll() is None:
+        time.sleep(0.2)
+    workers = children()
+    assert p.poll() is None and len(workers) >= 2, "the workers did not start"
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "terminated; the points measured so far are kept" in err, err
+    assert "Traceback" not in err
+    time.sleep(1)
+
+    def running(pid):
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert not [w for w in workers if running(w)]
