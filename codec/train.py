@@ -404,10 +404,42 @@ def crop_problem(side: int) -> Optional[str]:
     return None
 
 
+def _weights_model_id(path) -> Optional[str]:
+    """The model id in a .safetensors file's header (no tensor read), or None."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100_000_000:
+                return None
+            return (json.loads(f.read(n)).get("__metadata__") or {}).get("model_id")
+    except (OSError, ValueError, struct.error, AttributeError):
+        return None
+
+
+def started_from(last: Path, init) -> bool:
+    """Whether the run whose checkpoint is ``last`` was warm-started from the weights file
+    ``init`` (same model id): rerunning the command that started it then simply resumes it."""
+    import torch
+
+    mid = _weights_model_id(init) if str(init).endswith(".safetensors") else None
+    if not mid:
+        return False
+    try:
+        st = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return isinstance(st, dict) and (st.get("parent") or {}).get("model_id") == mid
+
+
 def init_conflict(args) -> Optional[str]:
-    """Why --init cannot be used as given (a checkpoint in --run-dir would be resumed), or None."""
+    """Why --init cannot be used as given (a checkpoint in --run-dir would be resumed, and it
+    did not start from these weights), or None."""
     last = Path(args.run_dir).expanduser() / "last.pt"
     if getattr(args, "init", None) and not getattr(args, "fresh", False) and last.exists():
+        if started_from(last, args.init):  # the same command run again: resume (--init is already in it)
+            return None
         return (f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
                 "(that run's files are then moved into a replaced-DATE folder), or leave out --init to resume")
     return None
@@ -530,6 +562,9 @@ class Trainer:
         if resume is not None:
             ema_state = self._load(ckpt, resume)
             del resume
+            if args.init:
+                print(f"--init {args.init}: this run started from it, so it is resumed (add --fresh to start "
+                      "over)", file=sys.stderr)
         elif args.init:
             self._init_from(args.init)
         for g in self.aux_opt.param_groups:  # the command line's aux lr wins over a resumed one
@@ -1237,7 +1272,7 @@ def main(argv=None, prog=None) -> int:
         if why:
             parser.error(f"--{name.replace('_', '-')} {why}")
     for name, low in (("batch", 1), ("N", 1), ("M", 1), ("threads", 1), ("log_every", 1), ("val_images", 1),
-                      ("warmup", 0), ("steps", 0), ("decay_steps", 1), ("decay_start", 0)):
+                      ("warmup", 0), ("steps", 0), ("decay_steps", 1), ("decay_start", 0), ("seed", 0)):
         v = getattr(args, name)
         if v is not None and v < low:
             parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
@@ -1295,6 +1330,13 @@ def _main(parser, args) -> int:
     conflict = init_conflict(args)
     if conflict:  # before minutes of loading images
         parser.error(conflict)
+    try:  # a bad --device or --run-dir is a usage error, said before minutes of loading images
+        resolve_device(args.device)
+    except SystemExit as e:
+        parser.error(str(e.code).removeprefix("error: "))
+    rd = Path(args.run_dir).expanduser()
+    if rd.exists() and not rd.is_dir():
+        parser.error(f"--run-dir {args.run_dir}: a file, not a folder")
     if args.init and not Path(args.init).is_file():
         raise SystemExit(f"error: --init {args.init}: {'is a directory' if Path(args.init).is_dir() else 'no such file'}")
     tune_malloc()

@@ -215,6 +215,29 @@ def test_bad_init_files_and_a_damaged_checkpoint_are_one_line(data_dir, tmp_path
     assert len(list((tmp_path / "r2").glob("replaced-*/last.pt"))) == 1
 
 
+def test_the_command_that_started_a_run_resumes_it(data_dir, tmp_path, capsys):
+    """Rerunning `aecodec train DATA --init W ...` after a stop resumes the run W started (it
+    was a usage error); another --init is still refused, as it would be ignored."""
+    from aecodec.export import export_checkpoint
+    from aecodec.train import main
+
+    common = ["--N", "16", "--M", "24", "--crop", "64", "--val-crop", "64", "--batch", "2", "--threads", "1",
+              "--quiet", "--val-images", "1"]
+    src = _trainer(data_dir, tmp_path / "src")
+    src.train_step()
+    export_checkpoint(src.save(), tmp_path / "w.safetensors")
+    src.train_step()
+    export_checkpoint(src.save(), tmp_path / "w2.safetensors")  # other weights
+    cmd = [str(data_dir), "--run-dir", str(tmp_path / "run"), "--init", str(tmp_path / "w.safetensors"), *common]
+    assert main(cmd + ["--steps", "1"]) == 0
+    assert main(cmd + ["--steps", "2"]) == 0
+    assert "this run started from it, so it is resumed" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 3  # 1, then 2 more
+    with pytest.raises(SystemExit) as e:
+        main(cmd[:3] + ["--init", str(tmp_path / "w2.safetensors"), *common, "--steps", "3"])
+    assert e.value.code == 2
+
+
 def test_ema_averages_the_weights(data_dir, tmp_path):
     tr = _trainer(data_dir, tmp_path / "run", "--ema", "0.9")
     start = {k: v.clone() for k, v in tr.model.state_dict().items()}
