@@ -544,7 +544,7 @@ class Trainer:
         self.base_lr = args.lr if args.lr is not None else DEFAULT_LR
         # on a GPU, fused Adam: one kernel per step instead of a few per parameter group
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.opt = torch.optim.Adam(params, lr=self.base_lr, eps=ADAM_EPS, **fused)
+        self.opt = torch.optim.Adam(params, lr=self.base_lr, eps=args.adam_eps, **fused)
         self.aux_opt = torch.optim.Adam(aux, lr=args.aux_lr, **fused)
         self._main_params = params  # what --clip bounds: never the quantiles (their aux gradient is ~840)
         self.step = 0
@@ -647,6 +647,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
+        for g in self.opt.param_groups:  # the command line's (or the default) eps wins over the checkpoint's
+            g["eps"] = self.args.adam_eps
         if st.get("clip_scope") != CLIP_SCOPE:
             self._rescale_old_moments()
         self.step = st["step"]
@@ -700,7 +702,7 @@ class Trainer:
                 st["exp_avg"].mul_(factor)
                 st["exp_avg_sq"].mul_(factor * factor)
         for g in self.opt.param_groups:  # the checkpoint's 1e-8 acted on gradients divided by factor
-            g["eps"] = ADAM_EPS
+            g["eps"] = self.args.adam_eps
         print(f"this checkpoint clipped the aux gradient with the main ones (before session 11): Adam's moments "
               f"scaled by {factor:.1f} to the unclipped gradients, so the run continues as it was", file=sys.stderr)
 
@@ -1218,6 +1220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the decay are kept as decay-start.pt; default 0: none)")
     p.add_argument("--rewarm", action="store_true",
                    help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
+    p.add_argument("--adam-eps", type=float, default=ADAM_EPS,
+                   help="Adam's epsilon for the main parameters (default: 1e-5, what the shipped weights were "
+                        "trained with in effect; docs/GPU.md, session 11)")
     p.add_argument("--clip", type=float, default=50.0,
                    help="largest norm of the gradient of the transforms and entropy models (not the quantiles' "
                         "auxiliary one); at the shipped weights a step's is 1-7, so this catches spikes only "
@@ -1276,7 +1281,7 @@ def main(argv=None, prog=None) -> int:
         v = getattr(args, name)
         if v is not None and v < low:
             parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
-    for name in ("lr", "aux_lr", "ckpt_minutes", "clip"):
+    for name in ("lr", "aux_lr", "ckpt_minutes", "clip", "adam_eps"):
         v = getattr(args, name)
         if v is not None and not (v > 0 and math.isfinite(v)):
             parser.error(f"--{name.replace('_', '-')} must be a positive number, got {v}")

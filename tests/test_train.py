@@ -238,6 +238,19 @@ def test_the_command_that_started_a_run_resumes_it(data_dir, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_adam_eps_option(data_dir, tmp_path):
+    """--adam-eps sets the main optimiser's epsilon (default 1e-5), also over a resumed one's."""
+    from aecodec.train import ADAM_EPS
+
+    a = _trainer(data_dir, tmp_path / "a")
+    assert ADAM_EPS == 1e-5 and all(g["eps"] == ADAM_EPS for g in a.opt.param_groups)
+    a.train_step()
+    a.save()
+    b = _trainer(data_dir, tmp_path / "a", "--adam-eps", "1e-8")
+    assert b.step == 1 and all(g["eps"] == 1e-8 for g in b.opt.param_groups)
+    assert all(g["eps"] == 1e-8 for g in b.aux_opt.param_groups)  # (the aux optimiser keeps torch's default)
+
+
 def test_ema_averages_the_weights(data_dir, tmp_path):
     tr = _trainer(data_dir, tmp_path / "run", "--ema", "0.9")
     start = {k: v.clone() for k, v in tr.model.state_dict().items()}
