@@ -61,6 +61,8 @@ def writes_stdout(e: BaseException) -> bool:
 def flush_stdout(prog: str = "aecodec"):
     """Flush stdout now, while a failure can still be reported: None, or the exit status
     after one (see stdout_failed).  A closed pipe is raised (BrokenPipeError)."""
+    if sys.stdout is None:  # no stdout at all (started with fd 1 closed): nothing to flush
+        return None
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -100,7 +102,8 @@ def run_main(main, prog: str | None = None) -> int:
     one line when stdout cannot be written (``> /dev/full``), --help included."""
     prog = prog or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "aecodec")
     real = sys.stdout
-    sys.stdout = _MarkedStdout(real)
+    if real is not None:  # None: started with fd 1 closed; argparse's help then goes to stderr
+        sys.stdout = _MarkedStdout(real)
     try:
         try:
             rc = main()

@@ -136,7 +136,9 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     raw_modes = _raw_modes(im) if raw_modes is None else raw_modes
     try:
         if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
-            notes.append("image has several frames (animation or pages): only the first is coded")
+            k = im.tell()
+            notes.append(f"image has {im.n_frames} frames (animation or pages): only "
+                         + (f"frame {k + 1} (the current one)" if k else "the first") + " is coded")
     except Exception:  # n_frames reads the whole file; a broken later frame is not this frame's problem
         pass
     try:
@@ -160,7 +162,7 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
         im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
-    key_alpha = _colour_key_alpha(im, any(";16" in r for r in raw_modes))
+    key_alpha = _colour_key_alpha(im, raw_modes, notes)
     if mode == "1":
         im, mode = im.convert("L"), "L"
     if mode in ("CMYK",):
@@ -188,11 +190,12 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     return Planes(np.asarray(im, dtype=np.uint8).copy(), None, "RGB", icc, notes)
 
 
-def _colour_key_alpha(im: Image.Image, wide: bool) -> Optional[np.ndarray]:
+def _colour_key_alpha(im: Image.Image, raw_modes: List[str], notes: List[str]) -> Optional[np.ndarray]:
     """The alpha plane of a colour-key transparency (PNG's tRNS on a grey or RGB image:
     the pixels of one exact value are transparent), or None when the image has none or no
-    pixel has that value.  ``wide``: the file's samples were 16 bits (a 16-bit RGB PNG comes
-    from Pillow reduced to its high bytes, while its key stays 16-bit)."""
+    pixel has that value.  ``raw_modes``: the file's sample layouts (a 16-bit RGB PNG comes
+    from Pillow reduced to its high bytes while its key stays 16-bit; 2- and 4-bit grey come
+    scaled to 0..255 while the key does not)."""
     t = im.info.get("transparency")
     if t is None or isinstance(t, (bytes, bytearray)):
         return None
@@ -200,11 +203,16 @@ def _colour_key_alpha(im: Image.Image, wide: bool) -> Optional[np.ndarray]:
     if im.mode == "RGB":
         if not (isinstance(t, tuple) and len(t) == 3):
             return None
-        hit = np.all(arr == np.array([v >> 8 if wide else v for v in t]), axis=2)
+        wide = any(";16" in r for r in raw_modes)
+        hit = np.all(arr == np.array([int(v) >> 8 if wide else int(v) for v in t]), axis=2)
+        if wide and hit.any():
+            notes.append("16-bit colour key matched on the high byte of each sample (Pillow reads the "
+                         "samples as 8 bits): colours within 1/256 of it are transparent too")
     elif im.mode in ("1", "L", "I") or im.mode.startswith("I;16"):
-        if not isinstance(t, int):
+        if not isinstance(t, (int, np.integer)):
             return None
-        hit = arr == (bool(t) if im.mode == "1" else t)
+        scale = {"L;1": 255, "L;2": 85, "L;4": 17}.get(next((r for r in raw_modes if r.startswith("L;")), ""), 1)
+        hit = arr == (bool(t) if im.mode == "1" else int(t) * scale)
     else:
         return None
     if not hit.any():
@@ -444,7 +452,7 @@ def save_plan(fmt: str, mode: str, icc: bool = False, quality: Optional[int] = N
         if fmt in ("JPEG", "MPO"):
             params["subsampling"] = 0  # 4:4:4: the decoded colours are not halved again
     elif quality is not None:
-        notes.append(f"{fmt} is written without loss: the output quality {quality} does not apply "
+        notes.append(f"the output quality {quality} does not apply to {fmt} "
                      "(it is for .jpg, .webp, .avif, .heic, .jxl)")
     if fmt == "GIF":
         notes.append("GIF holds at most 256 colours and no partial transparency: the image is reduced to "

@@ -93,11 +93,17 @@ MIN_SIDE = 64  # the model's downsampling: a smaller image gives no crop to trai
 
 def _min_side(path: Path) -> int:
     """The shorter side from the image's header (0 when Pillow cannot read it)."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return min(im.size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return min(im.size)
+    except Image.DecompressionBombError:  # huge: Pillow's own limit, which open_image lifts
+        return 1 << 30
     except Exception:
         return 0
 
@@ -454,7 +460,9 @@ CLIP_SCOPE = "main"
 # as ~8.4e-6 on the real gradients for the whole lineage of the shipped weights (a step from a
 # checkpoint measured with 8.4e-6 matched the old code's to 4 digits).  1e-5 keeps that.
 ADAM_EPS = 1e-5
-OLD_CLIP = 1.0  # --clip's default before session 11 (the checkpoints of then did not record it)
+OLD_CLIP = 1.0  # --clip's default before session 11 (the checkpoints of then did not record it:
+# an old run made with another --clip is rescaled as if it had used 1.0)
+DEFAULT_CLIP = 50.0
 RUN_FILES = ("last.pt", "best.pt", "decay-start.pt", "log.jsonl", "curves.png")
 
 
@@ -510,6 +518,7 @@ class Trainer:
         if conflict:
             raise SystemExit(f"error: {conflict}")
         self._fresh_pending = bool(args.fresh)  # an earlier run's files: set aside at this run's first write
+        self._set_aside_to = None
         resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
@@ -544,7 +553,9 @@ class Trainer:
         self.base_lr = args.lr if args.lr is not None else DEFAULT_LR
         # on a GPU, fused Adam: one kernel per step instead of a few per parameter group
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.opt = torch.optim.Adam(params, lr=self.base_lr, eps=args.adam_eps, **fused)
+        self.opt = torch.optim.Adam(params, lr=self.base_lr,
+                                    eps=args.adam_eps if args.adam_eps is not None else ADAM_EPS, **fused)
+        self.clip = args.clip if args.clip is not None else DEFAULT_CLIP  # a resume keeps its run's
         self.aux_opt = torch.optim.Adam(aux, lr=args.aux_lr, **fused)
         self._main_params = params  # what --clip bounds: never the quantiles (their aux gradient is ~840)
         self.step = 0
@@ -613,7 +624,7 @@ class Trainer:
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
                        "device": describe_device(self.device, self.args.threads), "amp": self.args.amp,
-                       "clip": self.args.clip},
+                       "clip": self.clip},
             "clip_scope": CLIP_SCOPE,
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.state(),
                     "python": random.getstate(),
@@ -626,9 +637,13 @@ class Trainer:
         first log line or checkpoint leaves the earlier run where it was."""
         if self._fresh_pending:
             self._fresh_pending = False
-            set_aside_run(self.run_dir)
+            self._set_aside_to = set_aside_run(self.run_dir)
 
     def save(self, name: str = "last.pt") -> Path:
+        import torch
+
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._diverged("not finite")  # never a checkpoint of weights that are no longer numbers
         self._claim_run_dir()
         path = self.run_dir / name
         atomic_torch_save(self._state(), path)
@@ -647,8 +662,11 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
-        for g in self.opt.param_groups:  # the command line's (or the default) eps wins over the checkpoint's
-            g["eps"] = self.args.adam_eps
+        if self.args.adam_eps is not None:  # given: it wins over the checkpoint's (else the run keeps its own)
+            for g in self.opt.param_groups:
+                g["eps"] = self.args.adam_eps
+        if self.args.clip is None and st.get("clip_scope") == CLIP_SCOPE and cfg.get("clip"):
+            self.clip = float(cfg["clip"])
         if st.get("clip_scope") != CLIP_SCOPE:
             self._rescale_old_moments()
         self.step = st["step"]
@@ -702,7 +720,7 @@ class Trainer:
                 st["exp_avg"].mul_(factor)
                 st["exp_avg_sq"].mul_(factor * factor)
         for g in self.opt.param_groups:  # the checkpoint's 1e-8 acted on gradients divided by factor
-            g["eps"] = self.args.adam_eps
+            g["eps"] = self.args.adam_eps if self.args.adam_eps is not None else ADAM_EPS
         print(f"this checkpoint clipped the aux gradient with the main ones (before session 11): Adam's moments "
               f"scaled by {factor:.1f} to the unclipped gradients, so the run continues as it was", file=sys.stderr)
 
@@ -818,7 +836,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
         self._compile_unproven = False
-        gnorm = torch.nn.utils.clip_grad_norm_(self._main_params, a.clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self._main_params, self.clip)
         self.opt.step()
         aux = self.model.aux_loss()
         self.aux_opt.zero_grad(set_to_none=True)
@@ -996,6 +1014,9 @@ class Trainer:
                 self._restore_signals(previous)
                 raise
             self._stop_signal = "SIGINT"
+        except BaseException:  # a divergence (SystemExit), an error: leave the caller's handlers as they were
+            self._restore_signals(previous)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -1062,15 +1083,17 @@ class Trainer:
     def _diverged(self, loss) -> None:
         """Stop without saving: weights that are no longer numbers must not replace the last
         good checkpoint (nor best.pt)."""
+        last = self.run_dir / "last.pt"
+        if last.exists():
+            where = f"{last} keeps the last good checkpoint: resume it with a lower --lr"
+        else:
+            where = "this run wrote no checkpoint: start it again with a lower --lr"
+        if self._set_aside_to is not None:
+            where += f" (the earlier run in {self.run_dir} was moved to {self._set_aside_to})"
         raise SystemExit(f"error: training diverged at step {self.step} (loss {loss}, lr "
-                         f"{self.opt.param_groups[0]['lr']:.3g}): nothing was saved; {self.run_dir / 'last.pt'} "
-                         "keeps the last good checkpoint: resume it with a lower --lr")
+                         f"{self.opt.param_groups[0]['lr']:.3g}): nothing was saved; {where}")
 
     def checkpoint_and_validate(self, validate: bool = True) -> None:
-        import torch
-
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            self._diverged("not finite")
         path = self.save()
         if not validate:
             print(f"step {self.step}: checkpoint {path}", file=sys.stderr)
@@ -1220,13 +1243,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the decay are kept as decay-start.pt; default 0: none)")
     p.add_argument("--rewarm", action="store_true",
                    help="end a decay: ramp the learning rate back to --lr over --warmup steps from the current step")
-    p.add_argument("--adam-eps", type=float, default=ADAM_EPS,
+    p.add_argument("--adam-eps", type=float, default=None,
                    help="Adam's epsilon for the main parameters (default: 1e-5, what the shipped weights were "
-                        "trained with in effect; docs/GPU.md, session 11)")
-    p.add_argument("--clip", type=float, default=50.0,
+                        "trained with in effect, docs/GPU.md; a resumed run keeps its own)")
+    p.add_argument("--clip", type=float, default=None,
                    help="largest norm of the gradient of the transforms and entropy models (not the quantiles' "
-                        "auxiliary one); at the shipped weights a step's is 1-7, so this catches spikes only "
-                        "(default: 50)")
+                        "auxiliary one); at the shipped weights a step's is 1-7, so the default, 50, catches "
+                        "spikes only (a resumed run keeps its own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, levels and initial weights")
     p.add_argument("--steps", type=int, default=0, help="stop after this many more steps (0: no limit)")
     p.add_argument("--minutes", type=float, default=0,

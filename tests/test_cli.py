@@ -709,3 +709,21 @@ main(["--version"])
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["compress", "{png}", "-q", "1", "-o", "{aec}", "-f"],
+                                  ["-m", "aecodec.train", "--help"]])
+def test_a_closed_stdout_is_not_an_error(work, args):
+    """Started with stdout closed (`>&-`; Python then has sys.stdout = None): the command does
+    its work and exits 0, as before the flushes that report a stdout that cannot be written."""
+    import shlex
+    import subprocess
+    import sys
+
+    args = [a.format(png=work / "photo.png", aec=work / "c.aec") for a in args]
+    cmd = [sys.executable] + (args if args[0] == "-m" else ["-c", "from aecodec.cli import main; main()"] + args)
+    r = subprocess.run(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " >&-"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    if "compress" in args:
+        assert (work / "c.aec").exists()

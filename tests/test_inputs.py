@@ -242,6 +242,30 @@ def test_colour_key_transparency_kept_as_alpha(tmp_path, photo, kind):
         assert aecodec.decompress(aecodec.compress(Image.open(io.BytesIO(plain)), quality=1)).mode == "RGB"
 
 
+def test_colour_key_of_2_bit_grey_and_16_bit_rgb():
+    """A 2-bit grey PNG's key is in 2-bit units while Pillow scales the pixels to 0..255: the key
+    is scaled too. A 16-bit RGB key is matched on the high bytes, and that is said."""
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    levels = np.array([[0, 1, 2, 3] * 4] * 8, dtype=np.uint8)  # 16 x 8, 2 bits per pixel
+    rows = b"".join(b"\x00" + bytes(int("".join(f"{v:02b}" for v in r[i:i + 4]), 2) for i in range(0, 16, 4))
+                    for r in levels)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 8, 2, 0, 0, 0, 0))
+           + chunk(b"tRNS", struct.pack(">H", 1)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    p = open_image(io.BytesIO(png))
+    assert p.mode == "LA" and np.array_equal(p.alpha == 0, levels == 1)
+    # 16-bit RGB: two colours one 16-bit step apart, the key on one of them
+    rgb16 = np.zeros((8, 16, 3), np.uint16)
+    rgb16[:, :8] = (1000, 2000, 3000)
+    rgb16[:, 8:] = (1001, 2000, 3000)
+    raw = _png16(rgb16, 2)
+    trns = chunk(b"tRNS", struct.pack(">HHH", 1000, 2000, 3000))
+    p = open_image(io.BytesIO(raw[:33] + trns + raw[33:]))
+    assert p.mode == "RGBA" and (p.alpha == 0).all()  # the high bytes cannot tell them apart...
+    assert any("high byte" in n for n in p.notes)  # ...and that is said
+
+
 @pytest.mark.parametrize("ext, module", [(".heic", "pillow_heif"), (".jxl", "pillow_jxl")])
 def test_heif_and_jpeg_xl_read_and_written_where_their_plugins_are(tmp_path, photo, ext, module):
     """The README and --image-quality name .heic and .jxl outputs: with the plugin installed (the

@@ -154,7 +154,19 @@ def test_a_diverged_run_stops_without_saving_over_good_checkpoints(data_dir, tmp
     assert main(common + ["--steps", "6", "--lr", "1e30", "--warmup", "0"]) == 1
     err = capsys.readouterr().err
     assert "training diverged at step" in err and "nothing was saved" in err and "Traceback" not in err
+    assert "last.pt keeps the last good checkpoint" in err
     assert {n: (run / n).read_bytes() for n in good} == good
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    # --fresh, then a divergence before the first checkpoint: the message says where things are
+    assert main(common + ["--steps", "6", "--lr", "1e30", "--warmup", "0", "--fresh"]) == 1
+    err = capsys.readouterr().err
+    assert "this run wrote no checkpoint" in err and "was moved to" in err
+    aside = list(run.glob("replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "last.pt").read_bytes() == good["last.pt"]
+    for f in aside[0].iterdir():  # put the earlier run back for the checks below
+        os.replace(f, run / f.name)
     with pytest.raises(SystemExit) as e:
         main(common + ["--lr", "inf"])
     assert e.value.code == 2
@@ -246,9 +258,14 @@ def test_adam_eps_option(data_dir, tmp_path):
     assert ADAM_EPS == 1e-5 and all(g["eps"] == ADAM_EPS for g in a.opt.param_groups)
     a.train_step()
     a.save()
-    b = _trainer(data_dir, tmp_path / "a", "--adam-eps", "1e-8")
-    assert b.step == 1 and all(g["eps"] == 1e-8 for g in b.opt.param_groups)
+    b = _trainer(data_dir, tmp_path / "a", "--adam-eps", "1e-8", "--clip", "5")
+    assert b.step == 1 and all(g["eps"] == 1e-8 for g in b.opt.param_groups) and b.clip == 5
     assert all(g["eps"] == 1e-8 for g in b.aux_opt.param_groups)  # (the aux optimiser keeps torch's default)
+    b.train_step()
+    b.save()
+    c = _trainer(data_dir, tmp_path / "a")  # resumed without the flags: the run keeps its own, as --lr does
+    assert c.step == 2 and all(g["eps"] == 1e-8 for g in c.opt.param_groups) and c.clip == 5
+    assert _trainer(data_dir, tmp_path / "new").clip == 50
 
 
 def test_ema_averages_the_weights(data_dir, tmp_path):
