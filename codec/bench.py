@@ -1222,7 +1222,6 @@ def _coldstart(cfg, images, progress, log, out) -> Dict:
     return res
 
 
-
 def _write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` through a temporary file and a rename: a bench
     stopped (Ctrl-C, a full disk) while writing its results leaves the previous file
@@ -1234,6 +1233,7 @@ def _write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
 
 # ---------------------------------------------------------------------------
 # aggregation and outputs

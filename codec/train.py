@@ -410,41 +410,31 @@ def crop_problem(side: int) -> Optional[str]:
     return None
 
 
-def _weights_model_id(path) -> Optional[str]:
-    """The model id in a .safetensors file's header (no tensor read), or None."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > 100_000_000:
-                return None
-            return (json.loads(f.read(n)).get("__metadata__") or {}).get("model_id")
-    except (OSError, ValueError, struct.error, AttributeError):
-        return None
-
-
-def started_from(last: Path, init) -> bool:
-    """Whether the run whose checkpoint is ``last`` was warm-started from the weights file
-    ``init`` (same model id): rerunning the command that started it then simply resumes it."""
+def started_from(last: Path, init, state: Optional[Dict] = None) -> bool:
+    """Whether the run whose checkpoint is ``last`` (``state``, when already loaded) was
+    warm-started from the weights file ``init`` (same model id): rerunning the command that
+    started it then simply resumes it."""
     import torch
 
-    mid = _weights_model_id(init) if str(init).endswith(".safetensors") else None
+    from .weights import header_metadata
+
+    mid = (header_metadata(init) or {}).get("model_id") if str(init).endswith(".safetensors") else None
     if not mid:
         return False
-    try:
-        st = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception:
-        return False
-    return isinstance(st, dict) and (st.get("parent") or {}).get("model_id") == mid
+    if state is None:
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception:
+            return False
+    return isinstance(state, dict) and (state.get("parent") or {}).get("model_id") == mid
 
 
-def init_conflict(args) -> Optional[str]:
+def init_conflict(args, state: Optional[Dict] = None) -> Optional[str]:
     """Why --init cannot be used as given (a checkpoint in --run-dir would be resumed, and it
-    did not start from these weights), or None."""
+    did not start from these weights), or None.  ``state``: that checkpoint, when loaded."""
     last = Path(args.run_dir).expanduser() / "last.pt"
     if getattr(args, "init", None) and not getattr(args, "fresh", False) and last.exists():
-        if started_from(last, args.init):  # the same command run again: resume (--init is already in it)
+        if started_from(last, args.init, state):  # the same command run again: resume (--init is already in it)
             return None
         return (f"{last} would be resumed and --init ignored: add --fresh to start over from {args.init} "
                 "(that run's files are then moved into a replaced-DATE folder), or leave out --init to resume")
@@ -514,12 +504,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.sampler = self._make_sampler(train_imgs, args.seed)
         ckpt = self.run_dir / "last.pt"
-        conflict = init_conflict(args)
+        resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
+        conflict = init_conflict(args, resume)
         if conflict:
             raise SystemExit(f"error: {conflict}")
         self._fresh_pending = bool(args.fresh)  # an earlier run's files: set aside at this run's first write
         self._set_aside_to = None
-        resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
         try:
             lambdas = parse_lambdas(args.lambdas) if args.lambdas else None
         except ValueError as e:
@@ -746,8 +736,6 @@ class Trainer:
 
     def _init_from(self, path: str) -> None:
         """Warm start: copy every tensor whose name and shape match (weights or checkpoint)."""
-        import torch
-
         if str(path).endswith(".safetensors"):
             from .weights import WeightsError, load_state_dict_file, read_metadata
 

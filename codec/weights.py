@@ -133,21 +133,31 @@ def model_problem(model_id: str, manifest: Optional[Dict] = None) -> Optional[st
             f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
 
 
-def model_qualities(model_id: str, manifest: Optional[Dict] = None) -> Optional[List[int]]:
-    """The quality levels of an installed model, from its weights file's header alone (no
-    torch, no weights read); None where the file or its record is not there."""
+def header_metadata(path) -> Optional[Dict]:
+    """The metadata of a .safetensors file from its JSON header alone (no torch, no tensor
+    read), or None when the file cannot be read as one."""
     import struct
 
-    manifest = manifest if manifest is not None else read_manifest()
-    entry = manifest.get("models", {}).get(model_id) or manifest.get("retired", {}).get(model_id)
     try:
-        with open(weights_dir() / entry["file"], "rb") as f:
+        with open(path, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
             if n > 100_000_000:
                 return None
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
+            meta = json.loads(f.read(n)).get("__metadata__")
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError, struct.error, AttributeError):
+        return None
+
+
+def model_qualities(model_id: str, manifest: Optional[Dict] = None) -> Optional[List[int]]:
+    """The quality levels of an installed model, from its weights file's header alone;
+    None where the file or its record is not there."""
+    manifest = manifest if manifest is not None else read_manifest()
+    entry = manifest.get("models", {}).get(model_id) or manifest.get("retired", {}).get(model_id)
+    try:
+        meta = header_metadata(weights_dir() / entry["file"])
         return [int(q) for q in json.loads(meta["qualities"])]
-    except (OSError, TypeError, KeyError, ValueError, struct.error):
+    except (TypeError, KeyError, ValueError):
         return None
 
 

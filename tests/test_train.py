@@ -256,11 +256,11 @@ def test_adam_eps_option(data_dir, tmp_path):
 
     a = _trainer(data_dir, tmp_path / "a")
     assert ADAM_EPS == 1e-5 and all(g["eps"] == ADAM_EPS for g in a.opt.param_groups)
+    assert all(g["eps"] == 1e-8 for g in a.aux_opt.param_groups)  # the aux optimiser keeps torch's default
     a.train_step()
     a.save()
     b = _trainer(data_dir, tmp_path / "a", "--adam-eps", "1e-8", "--clip", "5")
     assert b.step == 1 and all(g["eps"] == 1e-8 for g in b.opt.param_groups) and b.clip == 5
-    assert all(g["eps"] == 1e-8 for g in b.aux_opt.param_groups)  # (the aux optimiser keeps torch's default)
     b.train_step()
     b.save()
     c = _trainer(data_dir, tmp_path / "a")  # resumed without the flags: the run keeps its own, as --lr does
