@@ -986,6 +986,22 @@ def check_out_dir(out: Path, dataset: Path) -> None:
                               "name a new or empty folder")
 
 
+def _check_reused(name: str, stored: Dict, now: Dict, store_path: Path) -> None:
+    """A stored point must come out again as it was stored. The key covers the codec's settings and
+    library versions but not aecodec's own code, so a change that alters its files without a new
+    model or format version would otherwise leave old points in a new report. Small tolerances: the
+    encoder's float arithmetic may differ between CPUs (the decoder's does not, docs/FORMAT.md)."""
+    d_bytes = abs(now["bytes"] - stored["bytes"])
+    d_psnr = abs(now.get("psnr_rgb", 0.0) - (stored.get("psnr_rgb") or 0.0))
+    if d_bytes <= max(16, 0.002 * stored["bytes"]) and d_psnr <= 0.02:
+        return
+    raise BenchError(
+        f"{name}: a stored point no longer reproduces ({stored.get('image')} at quality {stored['quality']}: "
+        f"{stored['bytes']} bytes, {_num(stored.get('psnr_rgb')):.3f} dB stored; {now['bytes']} bytes, "
+        f"{now.get('psnr_rgb', float('nan')):.3f} dB now), so the codec changed under the same version: "
+        f"measure it afresh (move {store_path} away)")
+
+
 def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lambda s: None) -> Dict:
     """Measure what is missing, then write every output. Returns a summary dict."""
     progress = progress or _no_progress
@@ -1015,18 +1031,27 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
 
     # --- rate-distortion and per-image speed points
     tasks, reused = [], 0
+    checks: Dict[Tuple, Dict] = {}  # one reused point per codec, measured again (see _check_reused)
     for name in sorted(usable, key=lambda n: -_COST.get(n, 1)):
         have = stores[name].index(keys[name])
+        kept = []
         for im in images:
             for q in cfg.grid(name):
                 if (im.sha, _qkey(q)) in have:
                     reused += 1
+                    kept.append((im.width * im.height, im.name, str(im.path), q, have[(im.sha, _qkey(q))]))
                 else:
                     tasks.append((name, str(im.path), q))
+        if kept:  # the smallest image, at the middle of its stored levels: the cheapest telling point
+            smallest = min(kept)[:2]
+            at = [k for k in kept if k[:2] == smallest]
+            _, _, path, q, row = at[len(at) // 2]
+            checks[(name, path, q)] = row
     new = 0
-    if cfg.measure and tasks:
-        log(f"{len(tasks)} points to measure ({reused} reused) on {len(images)} image{'s' * (len(images) != 1)}, "
-            f"{cfg.jobs} worker(s)")
+    if cfg.measure and (tasks or checks):
+        log(f"{len(tasks)} points to measure ({reused} reused, {len(checks)} of them measured again as a check) "
+            f"on {len(images)} image{'s' * (len(images) != 1)}, {cfg.jobs} worker(s)")
+        tasks = list(checks) + tasks  # checks first: a codec that changed is caught before the long part
         bar = progress(total=len(tasks), desc="points")
 
         def on_result(task, row):
@@ -1034,6 +1059,10 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
             name = task[0]
             if "error" in row:
                 raise BenchError(row["error"])
+            if task in checks:
+                _check_reused(name, checks.pop(task), row, stores[name].path)
+                bar.update(1)
+                return
             im = by_path[row.pop("path")]
             row.update(codec=name, key=keys[name], image=im.name, image_sha=im.sha, width=im.width,
                        height=im.height, jobs=cfg.jobs, threads=1, measured=_now())
@@ -1461,7 +1490,10 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
                 "enc_mem_mib": float(np.nanmax([_num(r.get("enc_mem_mib")) for r in pts])),
                 "dec_mem_mib": float(np.nanmax([_num(r.get("dec_mem_mib")) for r in pts])),
             }
-        if not res["quality"] or codec.speed_only:  # speed-only: in the speed table, no RD JSON
+        if codec.speed_only:  # in the speed table, no RD JSON
+            continue
+        if not res["quality"]:  # no complete point under this key: an earlier run's curve is not this codec's
+            (out / f"{name}.json").unlink(missing_ok=True)
             continue
         doc = {
             "name": name,

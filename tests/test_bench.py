@@ -497,3 +497,34 @@ def test_sigterm_stops_the_workers_too(tmp_path, photo_crops):
             return False
 
     assert not [w for w in workers if running(w)]
+
+
+def test_a_codec_without_points_under_its_key_leaves_no_old_curve(tmp_path, crops_dir):
+    """New weights (a new key) with no complete point yet: the old weights' NAME.json must go,
+    or tools/rdcompare.py would report the old model's figures as the new one's."""
+    quick = ["--codecs", "jpeg-420,webp", "--points", "2", "--no-coldstart", "--scaling-sizes", "none",
+             "--no-reference", "--quiet", "-o", tmp_path / "o"]
+    assert _run(crops_dir, *quick).exit_code == 0
+    store = tmp_path / "o" / "per-image" / "webp.jsonl"
+    store.write_text(store.read_text().replace(B.get_codec("webp").key(), "0" * 16))  # measured by "another" webp
+    r = _run(crops_dir, *quick, "--report-only")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "o" / "webp.json").exists() and (tmp_path / "o" / "jpeg-420.json").exists()
+
+
+def test_a_stored_point_that_no_longer_reproduces_stops_the_run(tmp_path, crops_dir):
+    """The key does not cover aecodec's own code: one reused point per codec is measured again."""
+    quick = ["--codecs", "jpeg-420", "--points", "2", "--no-coldstart", "--scaling-sizes", "none",
+             "--no-reference", "--quiet", "-o", tmp_path / "o", "--jobs", "1"]
+    assert _run(crops_dir, *quick).exit_code == 0
+    store = tmp_path / "o" / "per-image" / "jpeg-420.jsonl"
+    rows = [json.loads(line) for line in store.read_text().splitlines()]
+    r = _run(crops_dir, *quick)
+    assert r.exit_code == 0 and "0 points measured" in r.output, r.output  # as stored: passes
+    for row in rows:
+        row["bytes"] += 500  # as if another version of the code had made them
+    store.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r = _run(crops_dir, *quick)
+    assert r.exit_code == 1 and "no longer reproduces" in r.output and str(store) in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert _run(crops_dir, *quick, "--report-only").exit_code == 0  # a report measures nothing

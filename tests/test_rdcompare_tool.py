@@ -71,7 +71,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 def test_no_bd_rate_from_too_few_points_or_unlike_grids(tmp_path):
     d = _folder(tmp_path, 0.9)
     new, anchor = rdcompare.load_curve(d / "aecodec.json"), rdcompare.load_curve(d / "webp.json")
-    three = {k: (v[:3] if k != "name" else v) for k, v in new.items()}
+    three = {k: (v[:3] if k not in ("name", "model") else v) for k, v in new.items()}
     text = rdcompare.report(three, {"webp": anchor}, previous=new)
     assert "| webp | – (3 points, needs 4) |" in text  # a figure three points cannot support: none
     # 3 levels against 4: compared on the 3 in common, which are too few for a BD-rate
@@ -101,3 +101,27 @@ def test_a_closed_pipe_ends_it_quietly():
     err = p.stderr.read().decode()
     p.wait()
     assert p.returncode == 141 and "Traceback" not in err, (p.returncode, err)
+
+
+def test_a_bd_rate_over_a_small_part_of_the_curve_is_flagged(tmp_path):
+    d = _folder(tmp_path, 1.0)
+    new, anchor = rdcompare.load_curve(d / "aecodec.json"), rdcompare.load_curve(d / "webp.json")
+    text = rdcompare.report(new, {"webp": anchor})
+    assert "| webp | +0.0 % | +0.0 % |" in text and "webp PSNR 28.00–37.00 dB" in text
+    shifted = {**new, "psnr": new["psnr"] + 7.0}  # 35..44 dB against 28..37: a third of aecodec's span
+    text = rdcompare.report(shifted, {"webp": anchor})
+    assert "| webp | " in text and "(overlap 22%)" in text and "(22% of aecodec's span)" in text
+
+
+def test_results_of_other_weights_than_the_shipped_ones_are_named(tmp_path):
+    from aecodec.weights import default_model_id
+
+    d = _folder(tmp_path, 0.9)
+    doc = json.loads((d / "aecodec.json").read_text())
+    tool = [sys.executable, str(ROOT / "tools" / "rdcompare.py"), str(d), "--anchors", "webp"]
+    for model, warned in (("msh-1x1-000000000000", True), (default_model_id(), False)):
+        doc["meta"] = {"versions": {"aecodec model": model}}
+        (d / "aecodec.json").write_text(json.dumps(doc))
+        r = subprocess.run(tool, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "| webp | -10.0 % |" in r.stdout
+        assert ("measured with msh-1x1-000000000000, not the shipped default" in r.stderr) == warned, r.stderr

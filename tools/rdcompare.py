@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_ANCHORS = "jpeg-420,webp,jxl,heic-444,avif-444"
+MIN_OVERLAP = 0.75  # a BD-rate over less of aecodec's quality span than this is flagged
 
 
 def _import_bdrate():
@@ -54,8 +55,25 @@ def load_curve(path: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {path} is not a benchmark results file ({e})") from None
     order = np.argsort(bpp)
+    model = ((d.get("meta") or {}).get("versions") or {}).get("aecodec model")
     return {"bpp": bpp[order], "psnr": psnr[order], "ms": ms[order], "quality": [q[i] for i in order],
-            "name": d.get("name", Path(path).stem)}
+            "name": d.get("name", Path(path).stem), "model": model}
+
+
+def model_warning(curve: dict, path) -> str:
+    """A note when an aecodec results file was measured with weights other than the shipped default
+    (e.g. a bench run of new weights that stopped before any complete point left the old file)."""
+    if not curve.get("model"):
+        return ""
+    try:
+        from aecodec.weights import default_model_id
+
+        shipped = default_model_id()
+    except Exception:  # no install, or no manifest: nothing to compare with
+        return ""
+    if curve["model"] == shipped:
+        return ""
+    return f"warning: {path} was measured with {curve['model']}, not the shipped default {shipped}"
 
 
 def psnr_at_rate(curve: dict, bpp: float) -> float:
@@ -91,9 +109,16 @@ def report(new: dict, anchors: dict, previous: dict = None) -> str:
     others = dict(anchors)
     if previous:
         others["previous release"] = previous
-    def fmt(reported):
+    overlaps = []
+
+    def fmt(reported, name, metric):
         r, why = reported
-        return f"– ({why})" if r is None else f"{r.rate:+.1f} %"
+        if r is None:
+            return f"– ({why})"
+        share = r.test_fraction  # the anchors' curves span far more than aecodec's: judge by aecodec's
+        overlaps.append(f"{name} {metric} {r.lo:.2f}–{r.hi:.2f} dB" + (f" ({share:.0%} of aecodec's span)"
+                                                                        if share < MIN_OVERLAP else ""))
+        return f"{r.rate:+.1f} %" + (f" (overlap {share:.0%})" if share < MIN_OVERLAP else "")
 
     for name, c in others.items():
         t = new
@@ -104,7 +129,10 @@ def report(new: dict, anchors: dict, previous: dict = None) -> str:
             name = f"previous release (levels {', '.join(map(str, common)) or 'none'} in common)"
         p = bd.bd_rate_reported(c["bpp"], c["psnr"], t["bpp"], t["psnr"])
         m = bd.bd_rate_reported(c["bpp"], bd.msssim_db(c["ms"]), t["bpp"], bd.msssim_db(t["ms"]))
-        lines.append(f"| {name} | {fmt(p)} | {fmt(m)} |")
+        lines.append(f"| {name} | {fmt(p, name, 'PSNR')} | {fmt(m, name, 'MS-SSIM')} |")
+    if overlaps:
+        lines += ["", f"Overlaps (a BD-rate over less than {MIN_OVERLAP:.0%} of aecodec's quality span is "
+                  "marked): " + "; ".join(overlaps) + "."]
     lines += ["", "PSNR gap at equal rate (aecodec minus codec, dB), per aecodec level:", ""]
     lines.append("| codec | " + " | ".join(f"q{q}" for q in new["quality"]) + " |")
     lines.append("| --- |" + " ---: |" * len(new["quality"]))
@@ -144,6 +172,9 @@ def main(argv=None) -> int:
     if not new_path.exists():
         p.error(f"no {new_path}")
     new = load_curve(new_path)
+    warn = model_warning(new, new_path)
+    if warn:
+        print(warn, file=sys.stderr)
     adir = Path(a.anchor_dir) if a.anchor_dir else folder
     anchors = {}
     for name in [n for n in a.anchors.split(",") if n]:
