@@ -125,13 +125,16 @@ def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
     ValueError) when even quality 1 is larger."""
     max_pixels = pixel_limit(max_pixels)
     check_quality(max_quality)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")  # None too: not "no limit"
     planes = to_planes(image)
     warn_notes(planes)
     return compress_planes(planes, max_quality, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
 def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
-    """Compress a PIL.Image or an HxW / HxWx3 / HxWx4 uint8 array to .aec bytes.
+    """Compress a PIL.Image or an HxW / HxWx1 (grey), HxWx2 (grey + alpha), HxWx3 or HxWx4 uint8
+    array to .aec bytes.
 
     Raises ValueError for a quality outside ``QUALITIES`` and ImageError (a
     ValueError) for an image over ``max_pixels`` (None or 0: no limit) or one the
@@ -228,8 +231,9 @@ def info(data: bytes) -> Dict:
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))
     d = c.header.to_dict()
-    d["file_bytes"] = len(data)
-    d["bpp"] = 8 * len(data) / (c.header.width * c.header.height)
+    n = memoryview(data).nbytes  # bytes, also for a memoryview of wider items
+    d["file_bytes"] = n
+    d["bpp"] = 8 * n / (c.header.width * c.header.height)
     d["chunks"] = {k.decode(): len(v) for k, v in c.chunks.items()}
     for tag, blob in c.ancillary:
         d["chunks"].setdefault(tag.decode("latin-1"), len(blob))

@@ -85,11 +85,13 @@ def to_8bit_noted(arr: np.ndarray):
         return out, (f"floating-point samples read as {'0..1' if unit else '0..255'} and rounded to 8 bits"
                      + (f"; {n_inf} infinite sample(s) clipped" if n_inf else ""))
     hi, lo = arr.max(initial=0), arr.min(initial=0)
-    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and hi > 255):
-        # 16-bit samples: the nearest 8-bit level (v / 257 maps 65535 to 255 exactly).
+    if (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or (arr.dtype.kind in "iu" and hi > 255):
+        # 16-bit samples (either byte order): the nearest 8-bit level (v / 257 maps 65535 to 255 exactly).
         out = np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
-        return out, (f"{arr.dtype} samples read as 16-bit (0..65535) and reduced to 8 bits"
-                     + ("; pass uint8 for 0..255 data" if hi <= 255 else ""))
+        return out, (f"{arr.dtype.name} samples read as 16-bit (0..65535) and reduced to 8 bits"
+                     + ("; pass uint8 for 0..255 data" if hi <= 255 else "")
+                     + (f"; {int((arr > 65535).sum())} sample(s) above 65535 clipped" if hi > 65535 else "")
+                     + ("; negative samples clipped to 0" if lo < 0 else ""))
     if lo < 0:
         return np.clip(arr, 0, 255).astype(np.uint8), "negative samples clipped to 0"
     return arr.astype(np.uint8), None  # integers already within 0..255
@@ -100,10 +102,21 @@ def _grey(g: np.ndarray) -> np.ndarray:
 
 
 def _raw_modes(im: Image.Image) -> List[str]:
+    """The file's sample layouts, from ``im.tile``. Pillow empties ``tile`` when it loads the
+    pixels, so the first look is kept on the image object: a second ``compress(im)`` then reads
+    the image as the first did. (A copy, or an image loaded before aecodec saw it, has none.)"""
+    cached = getattr(im, "_aecodec_raw_modes", None)
+    if cached is not None:
+        return list(cached)
     out = []
     for t in getattr(im, "tile", None) or []:
         args = t[3] if len(t) > 3 else None
         out.append(str(args[0] if isinstance(args, tuple) and args else args))
+    if out:
+        try:
+            im._aecodec_raw_modes = tuple(out)
+        except Exception:  # an image class that takes no attributes: no memory, as before
+            pass
     return out
 
 
@@ -152,13 +165,16 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
         notes.append(f"ICC profile of {len(icc)} bytes dropped (limit {MAX_ICC_BYTES})")
         icc = None
     mode = im.mode
-    if any(";16" in r for r in raw_modes) or mode.startswith("I;16"):
+    wide = any(";16" in r for r in raw_modes) or mode.startswith("I;16")
+    if wide:
         notes.append("16-bit samples reduced to 8 bits (aecodec codes 8 bits per sample)")
-    elif mode in ("I", "F"):
-        notes.append(f"{'32-bit integer' if mode == 'I' else 'floating-point'} samples reduced to 8 bits")
 
     if mode in ("P", "PA"):
-        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+        palette_alpha = getattr(getattr(im, "palette", None), "mode", None) == "RGBA"  # e.g. RGBA.quantize()
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA" or palette_alpha) else "RGB")
+        if palette_alpha and mode == "P" and "transparency" not in im.info and \
+                int(np.asarray(im.getchannel("A")).min(initial=255)) == 255:
+            im = im.convert("RGB")  # a palette whose alpha no pixel uses: nothing to keep
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
         im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
@@ -168,8 +184,10 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     if mode in ("CMYK",):
         im, mode, icc = _cmyk_to_rgb(im, icc, notes), "RGB", None
     if mode.startswith("I;16") or mode in ("I", "F"):
-        grey = _grey(_to_8bit(np.asarray(im)))
-        return Planes(grey, key_alpha, "L" if key_alpha is None else "LA", icc, notes)
+        g, note = to_8bit_noted(np.asarray(im))
+        if note and not wide:
+            notes.append(note)
+        return Planes(_grey(g), key_alpha, "L" if key_alpha is None else "LA", icc, notes)
     if mode == "L":
         return Planes(_grey(np.asarray(im, dtype=np.uint8)), key_alpha, "L" if key_alpha is None else "LA", icc, notes)
     if mode in ("LA", "La"):
@@ -203,7 +221,9 @@ def _colour_key_alpha(im: Image.Image, raw_modes: List[str], notes: List[str]) -
     if im.mode == "RGB":
         if not (isinstance(t, tuple) and len(t) == 3):
             return None
-        wide = any(";16" in r for r in raw_modes)
+        # a component above 255 proves a 16-bit key even where the image was loaded before
+        # aecodec could see its sample layout (its tile is gone)
+        wide = any(";16" in r for r in raw_modes) or any(int(v) > 255 for v in t)
         hit = np.all(arr == np.array([int(v) >> 8 if wide else int(v) for v in t]), axis=2)
         if wide and hit.any():
             notes.append("16-bit colour key matched on the high byte of each sample (Pillow reads the "
@@ -224,22 +244,29 @@ def planes_from_array(arr: np.ndarray) -> Planes:
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"expected an array of numbers, got dtype {arr.dtype}")
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)):
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (2, 3, 4)):
         a, note = to_8bit_noted(arr)
         notes = [note] if note else []
         if a.ndim == 2:
             return Planes(_grey(a), None, "L", None, notes)
+        if a.shape[2] == 2:  # grey + alpha, as np.asarray of an LA image
+            return Planes(_grey(a[:, :, 0]), np.ascontiguousarray(a[:, :, 1]), "LA", None, notes)
         if a.shape[2] == 4:
             return Planes(np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3]), "RGBA", None, notes)
         return Planes(np.ascontiguousarray(a), None, "RGB", None, notes)
-    raise ImageError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    raise ImageError(f"expected an HxW, HxWx1, HxWx2, HxWx3 or HxWx4 array, got shape {arr.shape}")
 
 
 def to_planes(image) -> Planes:
     if isinstance(image, Image.Image):
         try:
             p = planes_from_pil(image)
-        except (OSError, SyntaxError, EOFError) as e:  # a lazily opened file that turns out truncated or corrupt
+        except ImageError:
+            raise
+        except (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError, TypeError,
+                AssertionError) as e:  # a lazily opened file that turns out truncated or corrupt, or closed
             raise ImageError(f"cannot read the image ({_one_line(e)})") from None
     elif isinstance(image, np.ndarray):
         p = planes_from_array(image)

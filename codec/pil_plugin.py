@@ -69,8 +69,12 @@ def _save(im: Image.Image, fp, filename) -> None:
     quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
     try:
         data = compress(im, quality=quality)
-    except ValueError as e:  # a bad quality, an image the format cannot hold
-        raise ValueError(f"cannot save as .aec: {e}") from None
+    except ValueError as e:  # a bad quality, an image the format cannot hold: same class (ImageError, SizeError ...)
+        try:
+            err = type(e)(f"cannot save as .aec: {e}")
+        except Exception:  # a class that takes other arguments
+            err = ValueError(f"cannot save as .aec: {e}")
+        raise err from None
     fp.write(data)
 
 

@@ -350,3 +350,99 @@ def test_unreadable_input_one_line_exit_1_no_output(tmp_path, photo, kind, monke
     assert "Traceback" not in r.output
     assert not (tmp_path / "out.aec").exists()
     assert not list(tmp_path.glob(".*.part"))
+
+
+# -- what a caller's PIL image or array may be (from a review of the API) ---------------------------
+
+def _png_chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+
+def test_palette_with_alpha_keeps_its_transparency(photo):
+    rgba = np.dstack([photo, np.where(np.arange(photo.shape[1]) < 32, 0, 255)[None, :].repeat(photo.shape[0], 0)])
+    q = Image.fromarray(rgba.astype(np.uint8), "RGBA").quantize(16)  # palette mode RGBA, no "transparency"
+    assert q.mode == "P" and "transparency" not in q.info
+    out = aecodec.decompress(aecodec.compress(q, quality=4))
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[:, :, 3], np.asarray(q.convert("RGBA"))[:, :, 3])
+    opaque = Image.fromarray(photo).quantize(16)
+    opaque.putpalette([v for c in np.asarray(opaque.getpalette()).reshape(-1, 3) for v in (*c, 255)], "RGBA")
+    assert aecodec.decompress(aecodec.compress(opaque, quality=4)).mode == "RGB"  # alpha nobody uses: none
+
+
+def test_the_same_image_object_is_read_the_same_way_twice():
+    """Pillow forgets the file's sample layout once it loads the pixels; a 16-bit key must still be read
+    as 16-bit on the second call (it used to give RGB, alpha lost)."""
+    rgb16 = np.zeros((8, 16, 3), np.uint16)
+    rgb16[:, :8] = (65535, 0, 0)
+    raw = _png16(rgb16, 2)
+    png = raw[:33] + _png_chunk(b"tRNS", struct.pack(">HHH", 65535, 0, 0)) + raw[33:]
+    im = Image.open(io.BytesIO(png))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AecodecWarning)
+        first, second = aecodec.compress(im, quality=2), aecodec.compress(im, quality=2)
+        copy = aecodec.compress(im.copy(), quality=2)  # loaded, no layout: the key above 255 proves 16-bit
+    assert first == second
+    assert unpack(first).header.mode == unpack(copy).header.mode == "RGBA"
+    a = np.asarray(aecodec.decompress(copy))[:, :, 3]
+    assert (a[:, :8] == 0).all() and (a[:, 8:] == 255).all()
+
+
+def test_big_endian_16_bit_is_16_bit():
+    v = np.arange(200, dtype=np.uint16).reshape(10, 20)
+    little, big = aecodec.image.planes_from_array(v.astype("<u2")), aecodec.image.planes_from_array(v.astype(">u2"))
+    assert np.array_equal(little.rgb, big.rgb) and big.rgb.max() == 1 and big.notes
+    buf = io.BytesIO()
+    Image.frombytes("I;16B", (20, 10), v.astype(">u2").tobytes()).save(buf, "TIFF")
+    buf.seek(0)
+    assert open_image(buf).rgb.max() == 1  # a big-endian ("MM") 16-bit TIFF, as a PNG would be
+
+
+def test_grey_alpha_and_single_channel_arrays(photo):
+    la = aecodec.decompress(aecodec.compress(Image.fromarray(photo).convert("LA"), quality=4))
+    arr = np.asarray(la)
+    assert arr.shape[2] == 2
+    back = aecodec.decompress(aecodec.compress(arr, quality=4))  # the library's own LA output goes back in
+    assert back.mode == "LA" and np.array_equal(np.asarray(back)[:, :, 1], arr[:, :, 1])
+    one = aecodec.decompress(aecodec.compress(arr[:, :, :1], quality=4))
+    assert one.mode == "L" and one.size == la.size
+    with pytest.raises(ImageError, match="HxWx2"):
+        aecodec.compress(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_a_lazily_opened_image_that_fails_to_load_is_an_image_error(tmp_path, photo):
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "QOI")
+    with pytest.raises(ImageError, match="cannot read the image"):
+        aecodec.compress(Image.open(io.BytesIO(buf.getvalue()[:-40])))
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:
+        pass
+    with pytest.raises(ImageError, match="cannot read the image"):
+        aecodec.compress(im)  # used after its with-block closed the file
+
+
+def test_compress_to_size_needs_a_size(photo):
+    with pytest.raises(ValueError, match="max_bytes"):
+        aecodec.compress_to_size(photo, None)
+
+
+def test_saving_through_pillow_keeps_the_error_class(tmp_path, photo, monkeypatch):
+    from aecodec import api
+
+    def too_big(*a, **k):
+        raise aecodec.SizeError("too big")
+
+    monkeypatch.setattr(api, "compress", too_big)
+    with pytest.raises(aecodec.SizeError, match="cannot save as .aec: too big"):
+        Image.fromarray(photo).save(tmp_path / "x.aec")
+
+
+def test_info_counts_bytes_of_a_wide_memoryview(photo):
+    for q in aecodec.QUALITIES:
+        d = aecodec.compress(photo, quality=q)
+        if len(d) % 2 == 0:
+            break
+    else:
+        pytest.skip("no level gave a file of an even number of bytes")
+    i = aecodec.info(memoryview(d).cast("H"))
+    assert i["file_bytes"] == len(d) and i["bpp"] == pytest.approx(8 * len(d) / (photo.shape[0] * photo.shape[1]))
