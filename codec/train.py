@@ -454,6 +454,22 @@ OLD_CLIP = 1.0  # --clip's default before session 11 (the checkpoints of then di
 # an old run made with another --clip is rescaled as if it had used 1.0)
 DEFAULT_CLIP = 50.0
 RUN_FILES = ("last.pt", "best.pt", "decay-start.pt", "log.jsonl", "curves.png")
+DEFAULT_CROP = 256
+DEFAULT_BATCH = 4
+
+
+def keep_run_shape(args, state: Optional[Dict] = None) -> None:
+    """--crop and --batch not given: a resumed run keeps its checkpoint's (as it keeps --lr), a new
+    one takes the defaults. Given and different from the run's: said, since the run then goes on
+    from its checkpoint but no longer as one uninterrupted run would."""
+    cfg = (state or {}).get("config") or {}
+    for name, default in (("crop", DEFAULT_CROP), ("batch", DEFAULT_BATCH)):
+        had, given = cfg.get(name), getattr(args, name, None)
+        if given is None:
+            setattr(args, name, int(had) if had else default)
+        elif had and int(had) != given:
+            print(f"note: --{name} {given}, where the run had {had}: it goes on from its checkpoint with the "
+                  "new value", file=sys.stderr)
 
 
 def set_aside_run(run_dir: Path) -> Optional[Path]:
@@ -489,6 +505,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
         random.seed(args.seed)
+        ckpt = self.run_dir / "last.pt"
+        resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
+        keep_run_shape(args, resume)  # before the images load: the crop decides which are usable
 
         train_files, val_files = training_split(args.data, args.val_images)
         self.train_files, self.val_files = train_files, val_files
@@ -503,8 +522,6 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         self.sampler = self._make_sampler(train_imgs, args.seed)
-        ckpt = self.run_dir / "last.pt"
-        resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
         conflict = init_conflict(args, resume)
         if conflict:
             raise SystemExit(f"error: {conflict}")
@@ -1216,8 +1233,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "start from the nearest trained level")
     p.add_argument("--N", type=int, default=128, help="channels of the transforms' hidden layers")
     p.add_argument("--M", type=int, default=192, help="channels of the latent y")
-    p.add_argument("--crop", type=int, default=256, help="side of the random training crops (pixels)")
-    p.add_argument("--batch", type=int, default=4, help="crops per step")
+    p.add_argument("--crop", type=int, default=None,
+                   help=f"side of the random training crops in pixels (default {DEFAULT_CROP}; kept in the checkpoint)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"crops per step (default {DEFAULT_BATCH}; kept in the checkpoint)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate after the warm-up (default {DEFAULT_LR}; kept in the checkpoint)")
     p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
@@ -1248,7 +1267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "training time when run every 4 minutes on 2 cores); the run's last checkpoint "
                         "is always validated")
     p.add_argument("--log-every", type=int, default=25, help="steps per line of log.jsonl")
-    p.add_argument("--val-images", type=int, default=8, help="images held out of DATA for validation")
+    p.add_argument("--val-images", type=int, default=8,
+                   help="images held out of DATA for validation (at most one in 20 of DATA's images, at least 1)")
     p.add_argument("--val-crop", type=int, default=256, help="side of the centre crops validated")
     p.add_argument("--aux-lr", type=float, default=3e-3, help="learning rate of the entropy bottleneck quantiles")
     p.add_argument("--ema", type=float, default=0.999,
@@ -1284,7 +1304,7 @@ def main(argv=None, prog=None) -> int:
         parser.prog = prog
     args = parser.parse_args(argv)
     for name in ("crop", "val_crop"):
-        why = crop_problem(getattr(args, name))
+        why = getattr(args, name) is not None and crop_problem(getattr(args, name))
         if why:
             parser.error(f"--{name.replace('_', '-')} {why}")
     for name, low in (("batch", 1), ("N", 1), ("M", 1), ("threads", 1), ("log_every", 1), ("val_images", 1),

@@ -143,8 +143,11 @@ def test_a_diverged_run_stops_without_saving_over_good_checkpoints(data_dir, tmp
     """A learning rate that blows the weights up: the run stops with one line and exit 1, and
     last.pt / best.pt keep the last good state (a NaN validation once replaced best.pt, and a
     NaN best score then let every later validation replace it).  --lr inf is refused."""
+    import signal
+
     from aecodec.train import main
 
+    callers = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     run = tmp_path / "run"
     common = [str(data_dir), "--run-dir", str(run), "--N", "16", "--M", "24", "--crop", "64", "--val-crop", "64",
               "--batch", "2", "--threads", "1", "--quiet", "--val-images", "1", "--log-every", "1"]
@@ -156,9 +159,7 @@ def test_a_diverged_run_stops_without_saving_over_good_checkpoints(data_dir, tmp
     assert "training diverged at step" in err and "nothing was saved" in err and "Traceback" not in err
     assert "last.pt keeps the last good checkpoint" in err
     assert {n: (run / n).read_bytes() for n in good} == good
-    import signal
-
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    assert signal.getsignal(signal.SIGINT) is callers  # the caller's handler is back
     # --fresh, then a divergence before the first checkpoint: the message says where things are
     assert main(common + ["--steps", "6", "--lr", "1e30", "--warmup", "0", "--fresh"]) == 1
     err = capsys.readouterr().err
@@ -865,7 +866,7 @@ def test_bad_data_is_one_line_exit_1(data_dir, tmp_path, capsys):
 def test_help_states_each_default_once():
     h = build_parser().format_help()
     assert "(default: None)" not in h and "kept in the checkpoint) (default" not in h
-    assert "(default: 4)" in h and "(default: 0)" in h  # --batch, --seed: said by the formatter
+    assert "(default 4; kept in the checkpoint)" in h and "(default: 0)" in h  # --batch: its own words; --seed: the formatter's
 
 
 def test_a_second_signal_aborts_without_a_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -1137,3 +1138,27 @@ def test_the_entropy_bottleneck_pass_is_compressai_s_and_compiles_whole():
     torch._dynamo.reset()
     report = torch._dynamo.explain(step)(torch.rand(2, 3, 64, 64), torch.tensor([0, 7]))
     assert report.graph_break_count == 0, [str(b.reason)[:200] for b in report.break_reasons]
+
+
+def test_crop_and_batch_are_kept_in_the_checkpoint(data_dir, tmp_path, capsys):
+    """Rerunning a run's command without --crop/--batch resumes it as it was (it used to fall back to
+    the defaults: a batch-16 run went on at batch 4, a 64-pixel-crop run found no 256-pixel image)."""
+    def trainer(*extra):
+        args = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "run"), "--N", "16", "--M", "24",
+                                          "--warmup", "1", "--val-crop", "64", "--threads", "1", "--quiet", *extra])
+        return Trainer(args)
+
+    tr = trainer("--crop", "64", "--batch", "2")
+    tr.train_step()
+    tr.save()
+    tr = trainer()
+    assert (tr.args.crop, tr.args.batch) == (64, 2) and tr.sampler.crop == 64
+    capsys.readouterr()
+    tr = trainer("--batch", "3")
+    assert (tr.args.crop, tr.args.batch) == (64, 3)
+    assert "note: --batch 3, where the run had 2" in capsys.readouterr().err
+    fresh = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "new")])
+    from aecodec.train import keep_run_shape
+
+    keep_run_shape(fresh, None)
+    assert (fresh.crop, fresh.batch) == (256, 4)
