@@ -350,6 +350,9 @@ def _run_batch(what: str, inputs, output, out_dir, suffix: str, progress: Option
                     raise DataError("'': an empty file name")
                 _read_input(inp)  # a directory: says so
                 raise DataError(f"{inp}: not a file")
+            if what == "compress" and inp != "-" and Path(inp).is_file() and _starts_with(Path(inp), AEC_MAGIC):
+                # before _claim: `compress photo.aec` would name photo.aec as its own output
+                raise UsageProblem(f"{inp} is already an .aec file; decompress it, not compress it")
             _claim(out, inp, claimed)
             one(inp, out, batch.say)
         batch.run(inp, job)
@@ -383,9 +386,12 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
     if output is not None and out_dir is not None:
         raise UsageProblem("use -o or -d, not both")
     if out_dir is not None and not Path(out_dir).is_dir():
-        if Path(out_dir).exists():
+        if Path(out_dir).exists() or Path(out_dir).is_symlink():
             raise UsageProblem(f"{out_dir}: -d needs a directory, and this is a file")
-        raise DataError(f"{out_dir}: output directory does not exist")
+        try:  # made as asked (with its parents), as `mkdir -p` would; an existing one is used as it is
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{out_dir}: cannot create the output directory ({e.strerror or e})") from None
     outs = []
     for inp in inputs:
         if output is not None:
@@ -536,7 +542,7 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
 @main.command()
 @click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output", metavar="OUT", help="output file, for a single IN (default: IN with .aec; '-' for stdout)")
-@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR (default: next to each IN)")
+@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR, made if missing (default: next to each IN)")
 @click.option("-q", "--quality", type=_Quality(), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
 @click.option("--max-size", "max_size", type=_Size(), metavar="SIZE",
               help="instead of -q: the best quality whose file is at most SIZE (e.g. 50000, 80k, 1.5M, "
@@ -642,7 +648,7 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
 @click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output", metavar="OUT",
               help="output image for a single IN; format from its extension (default: IN with .png; '-' for PNG on stdout)")
-@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs (PNG) into DIR (default: next to each IN)")
+@click.option("-d", "--out-dir", metavar="DIR", help="write the outputs (PNG) into DIR, made if missing (default: next to each IN)")
 @click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
 @_max_pixels_option
 @click.option("--image-quality", "image_quality", type=click.IntRange(1, 100), metavar="Q",

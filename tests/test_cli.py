@@ -317,8 +317,10 @@ def test_batch_usage_errors(many):
     assert r.exit_code == 2 and not (many / "x.aec").exists()
     r = run("compress", many / "a.png", "-", "--quiet")
     assert r.exit_code == 2
-    r = run("compress", many / "a.png", "-d", many / "nope")
-    assert r.exit_code == 1 and "does not exist" in r.stderr
+    r = run("compress", many / "a.png", "-d", many / "new" / "dir")  # made, as `compress *.jpg -d out/` suggests
+    assert r.exit_code == 0 and (many / "new" / "dir" / "a.aec").is_file(), r.output
+    r = run("compress", many / "a.png", "-d", many / "a.png" / "sub")  # cannot be made: one line, exit 1
+    assert r.exit_code == 1 and "cannot create the output directory" in r.stderr and r.stderr.count("\n") == 1
     # two inputs that would write the same output: the second is refused, not overwritten
     Image.open(many / "a.png").save(many / "a.bmp")
     r = run("compress", many / "a.png", many / "a.bmp", "-f")
@@ -449,6 +451,10 @@ def test_an_aec_file_given_to_compress_is_refused(work):
         assert not (work / "again.aec").exists()
     r = run("compress", "-", input=(work / "photo.aec").read_bytes())
     assert r.exit_code == 2 and "already an .aec file" in r.stderr and not r.stdout_bytes
+    before = (work / "photo.aec").read_bytes()
+    r = run("compress", work / "photo.aec")  # its default output is itself: still the message that helps
+    assert r.exit_code == 2 and "already an .aec file" in r.stderr and "overwrite" not in r.stderr, r.output
+    assert (work / "photo.aec").read_bytes() == before
 
 
 def test_pipe_and_device_outputs_are_written_into_not_replaced(work):

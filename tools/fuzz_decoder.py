@@ -323,12 +323,18 @@ def run_hypothesis(seconds: float, seed: int, out: Path, seeds: List[bytes], log
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
-    ap.add_argument("--engine", choices=("random", "hypothesis"), default="random")
-    ap.add_argument("--out", type=Path, default=Path("fuzz-out"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the mutations (None: from the clock; printed, to repeat a run)")
+    ap.add_argument("--engine", choices=("random", "hypothesis"), default="random",
+                    help="random mutations of seed files, or hypothesis-driven (needs hypothesis)")
+    ap.add_argument("--out", type=Path, default=Path("fuzz-out"),
+                    help="folder for the log and any failing inputs (made if missing)")
     args = ap.parse_args(argv)
+    if args.seed is None:
+        args.seed = int(time.time()) % 100000
     import warnings
 
     warnings.simplefilter("ignore")

@@ -38,11 +38,12 @@ def mosaic(width: int, height: int, kodak: Path) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("width", type=int)
-    ap.add_argument("height", type=int)
-    ap.add_argument("out", type=Path)
+    ap.add_argument("width", type=int, help="pixels")
+    ap.add_argument("height", type=int, help="pixels")
+    ap.add_argument("out", type=Path, help="the PNG to write")
     here = Path(__file__).resolve().parents[1]
-    ap.add_argument("--kodak", type=Path, default=here.parent / "shared" / "data" / "kodak")
+    ap.add_argument("--kodak", type=Path, default=here.parent / "shared" / "data" / "kodak",
+                    help="folder of the photos the mosaic is tiled from (default: %(default)s)")
     args = ap.parse_args(argv)
     Image.fromarray(mosaic(args.width, args.height, args.kodak)).save(args.out, compress_level=1)
     return 0

@@ -67,7 +67,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv[:argv.index("--")] if "--" in argv else False
     if "--" not in argv:
-        print(__doc__, file=sys.stderr)
+        if {"-h", "--help"} & set(argv):  # asked for: the usage on stdout, exit 0
+            print(__doc__.strip())
+            return 0
+        print(__doc__.strip(), file=sys.stderr)
+        print("error: give the command to measure after --", file=sys.stderr)
+        return 2
+    if not argv[argv.index("--") + 1:]:
+        print("error: no command after --", file=sys.stderr)
         return 2
     cmd = argv[argv.index("--") + 1:]
     r = measure(cmd)

@@ -19,9 +19,11 @@ from PIL import Image
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("image")
-    ap.add_argument("--quality", type=int, default=5)
-    ap.add_argument("--tiles", type=int, nargs="+", default=[64, 16])
+    ap.add_argument("image", help="the image to code")
+    ap.add_argument("--quality", type=int, default=5, help="level 1..8 (default: %(default)s)")
+    ap.add_argument("--tiles", type=int, nargs="+", default=[64, 16],
+                    help="tile sides to compare with the untiled result, in latent positions (x16 pixels: "
+                         "64 = 1024 px, the default tiling) (default: %(default)s)")
     args = ap.parse_args(argv)
 
     import torch
