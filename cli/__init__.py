@@ -622,7 +622,14 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
         except ImageError as e:
             raise UsageProblem(f"{out}: {e}") from None
         models_before = _loaded_models()
-        img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", aecodec.AecodecWarning)
+            img = aecodec.decompress(raw, max_pixels=max_pixels, precision=precision)
+        for w in caught:
+            if issubclass(w.category, aecodec.AecodecWarning):
+                say(f"aecodec: warning: {inp}: {w.message}")
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:

@@ -222,7 +222,15 @@ def decompress(data: bytes, max_pixels: Optional[int] = MAX_PIXELS, precision: s
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))
     rgb, alpha = decode_container(c, max_pixels, precision)
-    return planes_to_pil(rgb, alpha, c.header.mode, decode_icc(c))
+    icc = decode_icc(c)
+    if icc is None and c.ancillary_chunk(b"iCCP"):
+        import warnings
+
+        from .image import AecodecWarning
+
+        warnings.warn(f"the file's ICC profile is damaged or inflates to nothing or over {MAX_ICC_BYTES >> 20} MiB: "
+                      "dropped (the colours are as coded)", AecodecWarning, stacklevel=2)
+    return planes_to_pil(rgb, alpha, c.header.mode, icc)
 
 
 def info(data: bytes) -> Dict:

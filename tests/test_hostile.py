@@ -96,12 +96,26 @@ def test_garbage_alpha_and_zlib_bomb(small):
             aecodec.decompress(_with_chunks(small[1], ALPH=blob))
 
 
-def test_garbage_icc_is_dropped_not_fatal(small):
+def test_garbage_icc_is_dropped_not_fatal(small, tmp_path):
+    """Dropped with a warning (an empty chunk counts as none, as an empty YIDX does)."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from aecodec.cli import main
+
     c = unpack(small[0])
-    for blob in (b"", b"not zlib", zlib.compress(b"\x00" * (17 * 2**20))):
+    for blob, warned in ((b"", False), (b"not zlib", True), (zlib.compress(b"\x00" * (17 * 2**20)), True),
+                         (zlib.compress(b"") + b"x", True)):
         data = pack(c.header, list(c.chunks.items()) + [(b"iCCP", blob)])
-        out = aecodec.decompress(data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = aecodec.decompress(data)
         assert out.size == (72, 40) and "icc_profile" not in out.info
+        assert any("ICC profile" in str(w.message) for w in caught) == warned
+    (tmp_path / "x.aec").write_bytes(data)
+    r = CliRunner().invoke(main, ["decompress", str(tmp_path / "x.aec")])
+    assert r.exit_code == 0 and "warning" in r.stderr and "ICC profile" in r.stderr and (tmp_path / "x.png").exists()
 
 
 def test_absurd_dimensions_refused_before_allocation(small, monkeypatch):
