@@ -45,6 +45,9 @@ def test_pixel_limits_are_parameters():
     with pytest.raises(aecodec.FormatError, match="limit"):
         aecodec.decompress(data, max_pixels=1000)
     assert aecodec.decompress(data, max_pixels=None).size == (30, 40)
+    assert aecodec.decompress(data, max_pixels=1200).size == (30, 40)  # the limit itself is allowed
+    with pytest.raises(aecodec.FormatError, match="limit"):
+        aecodec.decompress(data, max_pixels=1199)
     assert aecodec.MAX_PIXELS == 2**27
     # 0 means no limit, as --max-pixels 0 does; nonsense is refused, not read as a limit
     assert aecodec.decompress(data, max_pixels=0).size == (30, 40)
@@ -114,6 +117,9 @@ def test_non_uint8_arrays_say_how_they_were_read():
         aecodec.compress(x, quality=1)
     with pytest.warns(aecodec.AecodecWarning, match="0..1"):
         aecodec.compress(np.full((16, 16), 0.5, np.float32), quality=1)
+    with pytest.warns(aecodec.AecodecWarning, match="0..1"):  # white in 0..1 includes exactly 1.0
+        white = aecodec.decompress(aecodec.compress(np.ones((64, 64, 3)), quality=8))
+    assert np.asarray(white).mean() > 250  # not read as 0..255 (black)
     nan = np.full((16, 16, 3), 0.5)
     nan[3, 4, 1] = np.nan
     with pytest.raises(aecodec.ImageError, match="1 NaN sample"):

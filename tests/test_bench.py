@@ -46,6 +46,11 @@ def test_bd_rate_hand_computed_cases():
     assert (r.lo, r.hi) == (35, 40)
     assert r.test_bpp == pytest.approx((3.0, 6.0))
     assert r.anchor_fraction == pytest.approx(0.5) and r.test_fraction == pytest.approx(0.5)
+    # each fraction is of its own curve's span: the test's 32-36 lies inside the anchor's 30-40
+    r = bd_rate_details([1, 2, 3, 4], [30, 33, 36, 40], [1, 2, 3, 4], [32, 33, 34, 36])
+    assert r.anchor_fraction == pytest.approx(0.4) and r.test_fraction == pytest.approx(1.0)
+    # a point of zero rate (a failed measurement) is left out, not a NaN
+    assert bd_rate([0, 1, 4], [20, 30, 40], [1, 16], [30, 40]) == pytest.approx(100.0, abs=1e-9)
     # unsorted input and a repeated quality are handled; no overlap gives no number
     assert bd_rate([4, 1], [40, 30], [16, 1, 1], [40, 30, 30]) == pytest.approx(100.0, abs=1e-9)
     assert bd_rate_details([1, 4], [30, 40], [1, 2], [41, 45]) is None
@@ -262,6 +267,8 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     bd = summary["bd_rate"]["psnr-rgb"]["webp"]["jpeg-420"]
     assert bd["bd_rate"] == pytest.approx(float(m.group(1)), abs=0.05) and bd["bd_rate"] < 0
     assert summary["speed"]["aecodec"]["points"] == n_images * 2
+    mem = [r["enc_mem_mib"] for r in rows if r.get("enc_mem_mib") is not None]  # the peak, not a mean
+    assert summary["speed"]["aecodec"]["enc_mem_mib"] == pytest.approx(max(mem))
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{B.README_END}\nafter\n")
     assert "(out/rd-psnr.png)" in text and "| webp | measured (this run) |" in text
@@ -521,10 +528,10 @@ def test_a_stored_point_that_no_longer_reproduces_stops_the_run(tmp_path, crops_
     rows = [json.loads(line) for line in store.read_text().splitlines()]
     r = _run(crops_dir, *quick)
     assert r.exit_code == 0 and "0 points measured" in r.output, r.output  # as stored: passes
-    for row in rows:
-        row["bytes"] += 500  # as if another version of the code had made them
-    store.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    r = _run(crops_dir, *quick)
-    assert r.exit_code == 1 and "no longer reproduces" in r.output and str(store) in r.output, r.output
-    assert len(r.output.strip().splitlines()) == 1
+    for field, shift in (("bytes", 500), ("psnr_rgb", 0.1)):  # as if another version of the code had made them
+        changed = [{**row, field: row[field] + shift} for row in rows]
+        store.write_text("".join(json.dumps(row) + "\n" for row in changed))
+        r = _run(crops_dir, *quick)
+        assert r.exit_code == 1 and "no longer reproduces" in r.output and str(store) in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
     assert _run(crops_dir, *quick, "--report-only").exit_code == 0  # a report measures nothing

@@ -733,3 +733,71 @@ def test_a_closed_stdout_is_not_an_error(work, args):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     if "compress" in args:
         assert (work / "c.aec").exists()
+
+
+# -- what keeps a user's files safe (each of these survived a mutation of the code before) -----------
+
+def test_an_output_that_is_the_input_is_refused_even_with_f(work):
+    """However the name is spelled (./, a symlink): the input is never replaced by its own output."""
+    png = (work / "photo.png").read_bytes()
+    (work / "pic.aec").write_bytes(png)  # a PNG under an .aec name: compress reads it, and -o names it
+    (work / "ln.aec").symlink_to(work / "pic.aec")
+    for out in (work / "pic.aec", f"{work}/./pic.aec", work / "ln.aec"):
+        r = run("compress", work / "pic.aec", "-o", out, "-f")
+        assert r.exit_code == 2 and "overwrite the input" in r.stderr, r.output
+        assert (work / "pic.aec").read_bytes() == png
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    aec = (work / "photo.aec").read_bytes()
+    (work / "img.png").write_bytes(aec)  # .aec data under a .png name: decompress reads it, -o names it
+    (work / "ln.png").symlink_to(work / "img.png")
+    for out in (work / "img.png", f"{work}/./img.png", work / "ln.png"):
+        r = run("decompress", work / "img.png", "-o", out, "-f")
+        assert r.exit_code == 2 and "overwrite the input" in r.stderr, r.output
+        assert (work / "img.png").read_bytes() == aec
+
+
+def test_without_f_a_file_that_appears_meanwhile_is_not_overwritten(work, monkeypatch):
+    """The early 'exists' check can be raced; the final hard link is what guarantees it."""
+    import aecodec.cli as cli
+
+    monkeypatch.setattr(cli, "_check_output", lambda out, force: None)  # as if the file appeared after it
+    (work / "photo.aec").write_bytes(b"the user's")
+    r = run("compress", work / "photo.png")
+    assert r.exit_code == 2 and "exists" in r.stderr
+    assert (work / "photo.aec").read_bytes() == b"the user's"
+    assert not list(work.glob(".*.part"))
+
+
+def test_f_replaces_the_name_not_the_file_it_named(work):
+    """-f renames a new file over the name: another hard link to the old file keeps the old bytes."""
+    import os
+
+    (work / "keep.aec").write_bytes(b"old bytes")
+    os.link(work / "keep.aec", work / "out.aec")
+    assert run("compress", work / "photo.png", "-o", work / "out.aec", "-f", "-q", "1").exit_code == 0
+    assert (work / "keep.aec").read_bytes() == b"old bytes"
+    import aecodec
+
+    assert aecodec.info((work / "out.aec").read_bytes())["quality"] == 1
+
+
+def test_outputs_get_the_permissions_of_the_umask(work):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+        assert run("decompress", work / "photo.aec", "-o", work / "back.png").exit_code == 0
+        assert run("compress", work / "photo.png", "-q", "2", "-f").exit_code == 0
+    finally:
+        os.umask(old)
+    for name in ("photo.aec", "back.png"):  # not the 0600 of a temporary file
+        assert stat.S_IMODE(os.stat(work / name).st_mode) == 0o640, name
+
+
+def test_a_batch_exits_with_its_worst_failure(many):
+    """A usage error (2) before a data error (1): the batch says 2, and lists both."""
+    assert run("compress", many / "a.png", "-q", "1").exit_code == 0
+    r = run("compress", many / "a.png", many / "bad.png")  # a.aec exists (2), bad.png is not an image (1)
+    assert r.exit_code == 2 and r.stderr.count("aecodec: error:") == 2, r.output

@@ -126,6 +126,19 @@ def test_side_chunks():
     _, data = _file(extra=[(b"ALPH", zlib.compress(b"\xff" * 350))])
     with pytest.raises(FormatError, match="alpha"):
         unpack(data)
+    # a second copy of a known chunk is refused, not "last one wins"
+    for mode, tag in (("RGB", b"YSTR"), ("RGB", b"ZSTR"), ("RGB", b"YIDX"), ("RGBA", b"ALPH")):
+        extra = [(tag, b"x")] + ([(b"YIDX", b"y")] if tag == b"YIDX" else [])
+        _, data = _file(mode, extra=extra)
+        with pytest.raises(FormatError, match="duplicate"):
+            unpack(data)
+
+
+def test_a_model_id_that_is_not_printable_is_refused():
+    """`aecodec info` prints the model id: a CRC-valid file must not smuggle escape sequences into a terminal."""
+    h = Header(model_id="m\x1b[2J", quality=3, mode="RGB", width=70, height=5, y_shape=(8, 8), z_shape=(2, 2))
+    with pytest.raises(FormatError, match="printable"):
+        unpack(pack(h, [(b"ZSTR", b"z" * 4), (b"YSTR", b"y" * 4)]))
 
 
 def test_dimensions_limited_by_the_latent_fields():

@@ -405,6 +405,9 @@ def test_grey_alpha_and_single_channel_arrays(photo):
     assert back.mode == "LA" and np.array_equal(np.asarray(back)[:, :, 1], arr[:, :, 1])
     one = aecodec.decompress(aecodec.compress(arr[:, :, :1], quality=4))
     assert one.mode == "L" and one.size == la.size
+    ramp = (np.arange(photo.shape[1])[None, :] * 5 % 256).repeat(photo.shape[0], 0).astype(np.uint8)
+    rgba = aecodec.decompress(aecodec.compress(np.dstack([photo, ramp]), quality=4))
+    assert rgba.mode == "RGBA" and np.array_equal(np.asarray(rgba)[..., 3], ramp)  # the 4th channel is the alpha
     with pytest.raises(ImageError, match="HxWx2"):
         aecodec.compress(np.zeros((4, 4, 5), np.uint8))
 
@@ -446,3 +449,30 @@ def test_info_counts_bytes_of_a_wide_memoryview(photo):
         pytest.skip("no level gave a file of an even number of bytes")
     i = aecodec.info(memoryview(d).cast("H"))
     assert i["file_bytes"] == len(d) and i["bpp"] == pytest.approx(8 * len(d) / (photo.shape[0] * photo.shape[1]))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_colour_key_of_low_bit_grey_at_every_depth(bits):
+    """Pillow scales 1-, 2- and 4-bit grey to 0..255 (x255, x85, x17) but not the key: it is scaled too."""
+    levels = (np.arange(16)[None, :] % (1 << bits)).repeat(8, 0).astype(np.uint8)  # 16 x 8
+    key = 1
+    per = 8 // bits
+    rows = b"".join(b"\x00" + bytes(int("".join(f"{v:0{bits}b}" for v in r[i:i + per]), 2) for i in range(0, 16, per))
+                    for r in levels)
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 8, bits, 0, 0, 0, 0))
+           + _png_chunk(b"tRNS", struct.pack(">H", key)) + _png_chunk(b"IDAT", zlib.compress(rows))
+           + _png_chunk(b"IEND", b""))
+    p = open_image(io.BytesIO(png))
+    assert p.mode == "LA" and np.array_equal(p.alpha == 0, levels == key)
+
+
+def test_a_profile_of_another_colour_space_is_not_kept_after_conversion():
+    """LAB / HSV are converted to RGB: their ICC profile described the old space, so it goes (YCbCr and
+    RGBX keep theirs: the same RGB primaries)."""
+    for mode, kept in (("LAB", False), ("HSV", False), ("YCbCr", True), ("RGBX", True)):
+        im = Image.new(mode, (16, 16))
+        im.info["icc_profile"] = _srgb_icc()
+        p = aecodec.image.to_planes(im)
+        assert (p.icc is not None) == kept, mode
+        out = aecodec.decompress(aecodec.compress(im, quality=1))
+        assert ("icc_profile" in out.info) == kept, mode
