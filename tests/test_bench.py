@@ -269,6 +269,9 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
     assert summary["speed"]["aecodec"]["points"] == n_images * 2
     mem = [r["enc_mem_mib"] for r in rows if r.get("enc_mem_mib") is not None]  # the peak, not a mean
     assert summary["speed"]["aecodec"]["enc_mem_mib"] == pytest.approx(max(mem))
+    per_level = json.loads((out / "aecodec.json").read_text())["results"]["encoding_mem_mib"]
+    for q, got in zip(grids["aecodec"], per_level):  # each level's too: the largest over the images
+        assert got == pytest.approx(max(r["enc_mem_mib"] for r in rows if r["quality"] == q))
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{B.README_END}\nafter\n")
     assert "(out/rd-psnr.png)" in text and "| webp | measured (this run) |" in text
