@@ -157,13 +157,18 @@ def _read_input(src: str) -> bytes:
         raise DataError(f"{src}: cannot read ({e.strerror})") from None
 
 
+# -d DIR that does not exist yet: made when its first output is written (not before: a run whose
+# inputs all fail leaves nothing behind)
+_MAKE_DIRS: set = set()
+
+
 def _check_output(out: str, force: bool, other_name: str = " or -o to choose another name") -> None:
     if out == "-" or _is_special(out):
         return
     p = Path(out)
     if p.is_dir():
         raise UsageProblem(f"{out}: is a directory")
-    if not p.parent.is_dir():
+    if not p.parent.is_dir() and str(p.parent) not in _MAKE_DIRS:
         raise DataError(f"{out}: output directory {str(p.parent)!r} does not exist")
     if p.exists() and not force:
         raise UsageProblem(f"{out} exists; use -f to overwrite{other_name}")
@@ -176,6 +181,11 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
     appeared meanwhile, so nothing is ever overwritten by accident.  On any
     error, Ctrl-C or SIGTERM the temporary file is removed: no partial output.
     """
+    if str(Path(out).parent) in _MAKE_DIRS and not Path(out).parent.is_dir():
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{Path(out).parent}: cannot create the output directory ({e.strerror or e})") from None
     if out == "-" or _is_special(out):
         try:
             if out == "-":
@@ -385,13 +395,14 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
         raise UsageProblem("-o names a single output; with several inputs use -d DIR (or nothing)")
     if output is not None and out_dir is not None:
         raise UsageProblem("use -o or -d, not both")
+    _MAKE_DIRS.clear()
     if out_dir is not None and not Path(out_dir).is_dir():
-        if Path(out_dir).exists() or Path(out_dir).is_symlink():
+        if Path(out_dir).is_symlink() and not Path(out_dir).exists():
+            raise UsageProblem(f"{out_dir}: -d names a broken symbolic link")
+        if Path(out_dir).exists():
             raise UsageProblem(f"{out_dir}: -d needs a directory, and this is a file")
-        try:  # made as asked (with its parents), as `mkdir -p` would; an existing one is used as it is
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"{out_dir}: cannot create the output directory ({e.strerror or e})") from None
+        # made (with its parents, as `mkdir -p`) when the first output is written
+        _MAKE_DIRS.add(str(Path(out_dir)))
     outs = []
     for inp in inputs:
         if output is not None:
@@ -516,9 +527,7 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
             p = Path(inp)
             if p.is_file() and p.stat().st_size == 0:
                 raise DataError(f"{inp}: empty file")
-            if p.is_file() and _starts_with(p, AEC_MAGIC):
-                raise UsageProblem(f"{inp} is already an .aec file; decompress it, not compress it")
-            planes = open_image(p, name=inp, max_pixels=max_pixels)
+            planes = open_image(p, name=inp, max_pixels=max_pixels)  # (an .aec input: refused by _run_batch)
     except ImageError as e:
         raise DataError(str(e)) from None
     for note in planes.notes:
@@ -630,6 +639,8 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
         for w in caught:
             if issubclass(w.category, aecodec.AecodecWarning):
                 say(f"aecodec: warning: {inp}: {w.message}")
+            else:  # not ours: shown as Python would have shown it
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:

@@ -85,8 +85,7 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
     extra = _side_chunks(planes)
     if max_bytes is None:
         return _pack(model, planes, q, coding.encode(model, padded, q - 1, tile), extra)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    _check_max_bytes(max_bytes)
     analysed = coding.analysis(model, padded, 1.0, tile)
     smallest = None
     for level in range(q, 0, -1):
@@ -95,6 +94,11 @@ def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Op
             return data
         smallest = len(data) if smallest is None else min(smallest, len(data))
     raise SizeError(f"even the smallest file (quality 1..{q}) needs {smallest} bytes, over the {max_bytes} allowed")
+
+
+def _check_max_bytes(max_bytes) -> None:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
 
 
 def _side_chunks(planes: Planes):
@@ -125,8 +129,7 @@ def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
     ValueError) when even quality 1 is larger."""
     max_pixels = pixel_limit(max_pixels)
     check_quality(max_quality)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")  # None too: not "no limit"
+    _check_max_bytes(max_bytes)  # None too: here it is not "no limit"
     planes = to_planes(image)
     warn_notes(planes)
     return compress_planes(planes, max_quality, max_pixels=max_pixels, max_bytes=max_bytes)

@@ -992,8 +992,10 @@ def _check_reused(name: str, stored: Dict, now: Dict, store_path: Path) -> None:
     model or format version would otherwise leave old points in a new report. Small tolerances: the
     encoder's float arithmetic may differ between CPUs (the decoder's does not, docs/FORMAT.md)."""
     d_bytes = abs(now["bytes"] - stored["bytes"])
-    d_psnr = abs(now.get("psnr_rgb", 0.0) - (stored.get("psnr_rgb") or 0.0))
-    if d_bytes <= max(16, 0.002 * stored["bytes"]) and d_psnr <= 0.02:
+    # stored as JSON, a lossless point's infinite PSNR is null: compare what was stored with what would be
+    was, new = _num(stored.get("psnr_rgb")), _num(_clean(now.get("psnr_rgb")))
+    same_psnr = (math.isnan(was) and math.isnan(new)) or abs(new - was) <= 0.02
+    if d_bytes <= max(16, 0.002 * stored["bytes"]) and same_psnr:
         return
     raise BenchError(
         f"{name}: a stored point no longer reproduces ({stored.get('image')} at quality {stored['quality']}: "
@@ -1448,6 +1450,7 @@ def _versions_list(v: Dict[str, str]) -> str:
 
 def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], stores: Dict[str, Store],
                   keys: Dict[str, str], scaling: List[Dict], coldstart: Dict, out: Path, log=None) -> Dict:
+    log = log or (lambda s: None)
     versions = library_versions()
     machine = machine_info()
     if not cfg.measure:  # a rebuilt report keeps the machine state of the run that measured
@@ -1493,7 +1496,14 @@ def write_outputs(cfg: BenchConfig, images: List[ImageItem], names: List[str], s
         if codec.speed_only:  # in the speed table, no RD JSON
             continue
         if not res["quality"]:  # no complete point under this key: an earlier run's curve is not this codec's
-            (out / f"{name}.json").unlink(missing_ok=True)
+            old = out / f"{name}.json"
+            if old.exists() and cfg.measure and name in cfg.codecs:  # this run measured it, and found none
+                old.unlink()
+                log(f"removed {old}: it holds {name} points of other settings or versions, and this run has "
+                    "no complete point of its own yet")
+            elif old.exists():
+                log(f"note: {old} is from other settings or versions of {name} (no stored point has this "
+                    "machine's key); kept, as this run does not measure it")
             continue
         doc = {
             "name": name,

@@ -104,6 +104,7 @@ class Params:
     means: "object"  # torch float32, 1 x M x Hy x Wy
     near_pos: np.ndarray  # int64 flat positions (C-order over M x Hy x Wy) within the tolerance
     near_dist: np.ndarray  # float64 relative distance of those to the nearest table entry
+    finite: bool = True  # h_s gave finite scales and means (float64)
 
 
 def entropy_parameters(model, z_hat, tol: float, tile: int = tiling.TILE) -> Params:
@@ -123,12 +124,15 @@ def entropy_parameters(model, z_hat, tol: float, tile: int = tiling.TILE) -> Par
     means = torch.empty((1, M, Hy, Wy), dtype=torch.float32)
     near_pos: List[np.ndarray] = []
     near_dist: List[np.ndarray] = []
+    finite = [True]  # scales and means alike (a hostile z could overflow h_s)
     z64 = z_hat.to(torch.float64)
 
     def read(r0, r1, c0, c1):
         return z64[:, :, r0:r1, c0:c1]
 
     def write(r0, r1, c0, c1, block):
+        if finite[0] and not bool(torch.isfinite(block).all()):
+            finite[0] = False
         scales, mu = block.chunk(2, 1)
         scales = scales.contiguous()
         idx = torch.searchsorted(b, scales.clamp_min(bound), right=False)
@@ -155,7 +159,7 @@ def entropy_parameters(model, z_hat, tol: float, tile: int = tiling.TILE) -> Par
         pos, dist = pos[order], dist[order]
     else:
         pos, dist = np.zeros(0, np.int64), np.zeros(0, np.float64)
-    return Params(indexes, means, pos, dist)
+    return Params(indexes, means, pos, dist, finite[0])
 
 
 _GUARD_ENTRY = struct.Struct(">IB")
@@ -258,7 +262,7 @@ def decode_latents(model, z_string: bytes, y_string: bytes, guard: bytes, z_shap
     z_hat = torch.from_numpy(z_sym.astype(np.float32).reshape(1, C, Hz, Wz)) + medians
     del z_sym
     p = entropy_parameters(model, z_hat, GUARD, tile)
-    if not bool(torch.isfinite(p.means).all()):
+    if not p.finite or not bool(torch.isfinite(p.means).all()):  # (the float32 means too: they may overflow)
         raise FormatError("corrupt payload: entropy parameters are not finite")
     tables = rans.Tables.of(gc)
     n_latents = p.indexes.size

@@ -103,21 +103,25 @@ def _grey(g: np.ndarray) -> np.ndarray:
 
 def _raw_modes(im: Image.Image) -> List[str]:
     """The file's sample layouts, from ``im.tile``. Pillow empties ``tile`` when it loads the
-    pixels, so the first look is kept on the image object: a second ``compress(im)`` then reads
-    the image as the first did. (A copy, or an image loaded before aecodec saw it, has none.)"""
-    cached = getattr(im, "_aecodec_raw_modes", None)
-    if cached is not None:
-        return list(cached)
+    pixels, so the first look is kept on the image object, for its current frame: a second
+    ``compress(im)`` then reads the image as the first did. (A copy, or an image loaded before
+    aecodec saw it, has none.)"""
+    try:
+        frame = im.tell()
+    except Exception:
+        frame = 0
     out = []
     for t in getattr(im, "tile", None) or []:
         args = t[3] if len(t) > 3 else None
         out.append(str(args[0] if isinstance(args, tuple) and args else args))
     if out:
         try:
-            im._aecodec_raw_modes = tuple(out)
+            im._aecodec_raw_modes = (frame, tuple(out))
         except Exception:  # an image class that takes no attributes: no memory, as before
             pass
-    return out
+        return out
+    cached = getattr(im, "_aecodec_raw_modes", None)
+    return list(cached[1]) if cached is not None and cached[0] == frame else []
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: Optional[bytes], notes: List[str]) -> Image.Image:
@@ -171,13 +175,16 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
 
     if mode in ("P", "PA"):
         palette_alpha = getattr(getattr(im, "palette", None), "mode", None) == "RGBA"  # e.g. RGBA.quantize()
-        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA" or palette_alpha) else "RGB")
-        if palette_alpha and mode == "P" and "transparency" not in im.info and \
+        keyed = "transparency" in im.info  # (convert() drops it)
+        im = im.convert("RGBA" if (keyed or mode == "PA" or palette_alpha) else "RGB")
+        if palette_alpha and mode == "P" and not keyed and \
                 int(np.asarray(im.getchannel("A")).min(initial=255)) == 255:
-            im = im.convert("RGB")  # a palette whose alpha no pixel uses: nothing to keep
+            im = im.convert("RGB")  # a palette alpha that no pixel uses: nothing to keep
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
-        im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
+        a = np.asarray(im)
+        if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():  # still grey (not drawn on since)
+            im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
     key_alpha = _colour_key_alpha(im, raw_modes, notes)
     if mode == "1":
         im, mode = im.convert("L"), "L"
@@ -223,7 +230,7 @@ def _colour_key_alpha(im: Image.Image, raw_modes: List[str], notes: List[str]) -
             return None
         # a component above 255 proves a 16-bit key even where the image was loaded before
         # aecodec could see its sample layout (its tile is gone)
-        wide = any(";16" in r for r in raw_modes) or any(int(v) > 255 for v in t)
+        wide = any(";16" in r for r in raw_modes) or (not raw_modes and any(int(v) > 255 for v in t))
         hit = np.all(arr == np.array([int(v) >> 8 if wide else int(v) for v in t]), axis=2)
         if wide and hit.any():
             notes.append("16-bit colour key matched on the high byte of each sample (Pillow reads the "
@@ -261,12 +268,15 @@ def planes_from_array(arr: np.ndarray) -> Planes:
 
 def to_planes(image) -> Planes:
     if isinstance(image, Image.Image):
-        try:
-            p = planes_from_pil(image)
-        except ImageError:
-            raise
+        raw_modes = _raw_modes(image)  # before load() forgets them
+        try:  # a lazily opened file that turns out truncated or corrupt, or closed: said as such
+            image.load()
         except (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError, TypeError,
-                AssertionError) as e:  # a lazily opened file that turns out truncated or corrupt, or closed
+                AssertionError) as e:
+            raise ImageError(f"cannot read the image ({_one_line(e)})") from None
+        try:
+            p = planes_from_pil(image, raw_modes)
+        except (OSError, SyntaxError, EOFError) as e:  # e.g. a broken later frame read for n_frames
             raise ImageError(f"cannot read the image ({_one_line(e)})") from None
     elif isinstance(image, np.ndarray):
         p = planes_from_array(image)

@@ -2,8 +2,9 @@
 
 It imports nothing of aecodec's decoder: its own container parser, its own rANS decoder (the
 spec's "Decoding one symbol"), its own h_s / g_s / inverse GDN from the spec's layer table.
-compressai is used only to re-encode the decoded symbols (the spec's validity rule) and
-aecodec.weights only to find the weights folder.  tests/test_spec_conformance.py checks that it
+compressai is used only to re-encode the decoded symbols (the spec's validity rule; imported
+through aecodec._deps, the torchvision guard of ../shared/GUIDE.md), and the caller passes the
+weights folder.  tests/test_spec_conformance.py checks that it
 decodes aecodec's files exactly as aecodec does: if the two disagree, FORMAT.md or the decoder
 is wrong.  (First written in session 12 by a reviewer who was not shown the decoder's source.)
 """

@@ -509,17 +509,23 @@ def test_sigterm_stops_the_workers_too(tmp_path, photo_crops):
     assert not [w for w in workers if running(w)]
 
 
-def test_a_codec_without_points_under_its_key_leaves_no_old_curve(tmp_path, crops_dir):
-    """New weights (a new key) with no complete point yet: the old weights' NAME.json must go,
-    or tools/rdcompare.py would report the old model's figures as the new one's."""
+def test_a_codec_without_points_under_its_key_leaves_no_old_curve(tmp_path, crops_dir, monkeypatch):
+    """New weights (a new key) with no complete point yet: the old weights' NAME.json must go, or
+    tools/rdcompare.py would report the old model's figures as the new one's. A run that does not
+    measure that codec (--report-only, another --codecs) keeps the file and says so."""
     quick = ["--codecs", "jpeg-420,webp", "--points", "2", "--no-coldstart", "--scaling-sizes", "none",
-             "--no-reference", "--quiet", "-o", tmp_path / "o"]
-    assert _run(crops_dir, *quick).exit_code == 0
+             "--no-reference", "-o", tmp_path / "o"]
+    assert _run(crops_dir, *quick, "--quiet").exit_code == 0
     store = tmp_path / "o" / "per-image" / "webp.jsonl"
     store.write_text(store.read_text().replace(B.get_codec("webp").key(), "0" * 16))  # measured by "another" webp
     r = _run(crops_dir, *quick, "--report-only")
     assert r.exit_code == 0, r.output
-    assert not (tmp_path / "o" / "webp.json").exists() and (tmp_path / "o" / "jpeg-420.json").exists()
+    assert (tmp_path / "o" / "webp.json").exists() and "webp.json is from other settings" in r.output
+    monkeypatch.setattr(B, "_run_tasks", lambda *a, **k: None)  # a run stopped before any point completed
+    r = _run(crops_dir, *quick)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "o" / "webp.json").exists() and "removed" in r.output
+    assert (tmp_path / "o" / "jpeg-420.json").exists()
 
 
 def test_a_stored_point_that_no_longer_reproduces_stops_the_run(tmp_path, crops_dir):
@@ -538,3 +544,17 @@ def test_a_stored_point_that_no_longer_reproduces_stops_the_run(tmp_path, crops_
         assert r.exit_code == 1 and "no longer reproduces" in r.output and str(store) in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
     assert _run(crops_dir, *quick, "--report-only").exit_code == 0  # a report measures nothing
+
+
+def test_a_lossless_stored_point_reproduces(tmp_path):
+    """A flat image decodes exactly: PSNR inf, stored as null. The re-check must read that as equal."""
+    d = tmp_path / "flat"
+    d.mkdir()
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(d / "a.png")
+    quick = ["--codecs", "jpeg-420", "--grid", "jpeg-420=90,95,98,100", "--no-coldstart", "--scaling-sizes", "none",
+             "--no-reference", "--quiet", "-o", tmp_path / "o", "--jobs", "1"]
+    assert _run(d, *quick).exit_code == 0
+    rows = [json.loads(line) for line in (tmp_path / "o" / "per-image" / "jpeg-420.jsonl").read_text().splitlines()]
+    assert any(r["psnr_rgb"] is None for r in rows)  # at least one lossless point, as intended
+    r = _run(d, *quick)
+    assert r.exit_code == 0 and "0 points measured" in r.output, r.output

@@ -317,8 +317,13 @@ def test_batch_usage_errors(many):
     assert r.exit_code == 2 and not (many / "x.aec").exists()
     r = run("compress", many / "a.png", "-", "--quiet")
     assert r.exit_code == 2
+    r = run("compress", many / "bad.png", "missing.png", "-d", many / "none")  # nothing to write: nothing made
+    assert r.exit_code == 1 and not (many / "none").exists()
     r = run("compress", many / "a.png", "-d", many / "new" / "dir")  # made, as `compress *.jpg -d out/` suggests
     assert r.exit_code == 0 and (many / "new" / "dir" / "a.aec").is_file(), r.output
+    (many / "dangling").symlink_to(many / "nowhere")
+    r = run("compress", many / "a.png", "-d", many / "dangling")
+    assert r.exit_code == 2 and "broken symbolic link" in r.stderr and not (many / "nowhere").exists()
     r = run("compress", many / "a.png", "-d", many / "a.png" / "sub")  # cannot be made: one line, exit 1
     assert r.exit_code == 1 and "cannot create the output directory" in r.stderr and r.stderr.count("\n") == 1
     # two inputs that would write the same output: the second is refused, not overwritten

@@ -248,3 +248,24 @@ def test_pillow_plugin_reports_damage_as_oserror(small):
         assert im.size == (72, 40)
         with pytest.raises(OSError, match="corrupt"):
             im.load()
+
+
+def test_non_finite_scales_are_refused_like_non_finite_means(small, monkeypatch):
+    """FORMAT.md: non-finite entropy parameters make a file invalid (a NaN scale used to pick the last
+    table silently; only the means were checked)."""
+    from aecodec import coding
+
+    real = coding._h_s64
+
+    def nan_scales(model):
+        h = real(model)
+
+        def f(z):
+            out = h(z).clone()
+            out[:, 0, 0, 0] = float("nan")  # channel 0 is a scale (the first M channels)
+            return out
+        return f
+
+    monkeypatch.setattr(coding, "_h_s64", nan_scales)
+    with pytest.raises(FormatError, match="not finite"):
+        aecodec.decompress(small[0])

@@ -476,3 +476,52 @@ def test_a_profile_of_another_colour_space_is_not_kept_after_conversion():
         assert (p.icc is not None) == kept, mode
         out = aecodec.decompress(aecodec.compress(im, quality=1))
         assert ("icc_profile" in out.info) == kept, mode
+
+
+def test_the_remembered_layout_does_not_outlive_edits_frames_or_other_files():
+    """The sample layout kept on an image object (see the test above) is for its frame, and a 16-bit
+    grey+alpha image drawn on in colour since is coded in colour."""
+    from PIL import ImageDraw
+
+    la16 = np.zeros((8, 16, 2), np.uint16)
+    la16[..., 0], la16[..., 1] = 30000, 65535
+    im = Image.open(io.BytesIO(_png16(la16, 4)))  # Pillow opens it as RGBA
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AecodecWarning)
+        assert unpack(aecodec.compress(im, quality=1)).header.mode == "LA"
+        ImageDraw.Draw(im).rectangle((0, 0, 7, 7), fill=(255, 0, 0, 255))
+        out = aecodec.decompress(aecodec.compress(im, quality=8))
+    assert out.mode == "RGBA" and np.asarray(out)[2, 2, 0] > 200 and np.asarray(out)[2, 2, 1] < 60
+    # an 8-bit RGB file whose (malformed) key is above 255: its layout says 8 bits, so no 16-bit guess
+    rgb = np.zeros((8, 16, 3), np.uint8)
+    rgb[:, :8] = (1, 0, 0)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    png = buf.getvalue()
+    png = png[:33] + _png_chunk(b"tRNS", struct.pack(">HHH", 300, 0, 0)) + png[33:]
+    assert open_image(io.BytesIO(png)).mode == "RGB"
+
+
+def test_a_palette_with_a_transparent_index_gives_rgba_whatever_the_palette_mode(photo):
+    """An index marked transparent (tRNS) that no pixel uses: RGBA as before, for an RGB palette and
+    for an RGBA one alike."""
+    q = Image.fromarray(photo).quantize(16)
+    q.info["transparency"] = 255  # an index no pixel has
+    assert to_mode(q) == "RGBA"
+    q.putpalette([v for c in np.asarray(q.getpalette()).reshape(-1, 3) for v in (*c, 255)], "RGBA")
+    assert to_mode(q) == "RGBA"
+
+
+def to_mode(im):
+    return aecodec.image.to_planes(im).mode
+
+
+def test_the_remembered_layout_is_the_current_frame_s():
+    a = Image.frombytes("I;16", (16, 8), np.full((8, 16), 30000, np.uint16).tobytes())
+    buf = io.BytesIO()
+    a.save(buf, "TIFF", save_all=True, append_images=[Image.new("LA", (16, 8), (100, 200))])
+    im = Image.open(io.BytesIO(buf.getvalue()))
+    assert any("16-bit" in n for n in aecodec.image.to_planes(im).notes)
+    im.seek(1)  # an 8-bit page: no 16-bit note carried over from page 1
+    p = aecodec.image.to_planes(im)
+    assert p.mode == "LA" and not any("16-bit" in n for n in p.notes)

@@ -93,3 +93,40 @@ def test_both_decoders_refuse_the_same_damaged_files(files):
             spec.decode(data, weights_dir())
     ok = with_chunk(b"xab\0")  # ancillary by its first byte, whatever the others: skipped by both
     assert np.array_equal(np.asarray(aecodec.decompress(ok, precision="float64")), spec.decode(ok, weights_dir())["pixels"])
+
+
+def test_both_decoders_judge_the_side_chunks_and_strings_alike(files):
+    """Refusals and tolerances beyond the header: YIDX, ALPH, iCCP, an invalid rANS string."""
+    from aecodec.format import pack, unpack
+
+    def rebuilt(data, replace=None, add=()):
+        c = unpack(data)
+        chunks = [(t, (replace or {}).get(t, b)) for t, b in c.chunks.items()] + list(add)
+        chunks += [(t, b) for t, b in c.ancillary if t not in dict(add)]
+        return pack(c.header, chunks)
+
+    rgb, rgba, icc = files["rgb 64x64 q1"], files["rgba 70x50 q6"], files["rgb 100x75 icc q5"]
+    n_alpha = 70 * 50
+    ystr = unpack(rgb).chunks[b"YSTR"]
+    refused = {
+        "YSTR one byte changed": rebuilt(rgb, {b"YSTR": ystr[:-5] + bytes([ystr[-5] ^ 0x40]) + ystr[-4:]}),
+        "YSTR a word short": rebuilt(rgb, {b"YSTR": ystr[:-4]}),
+        "YIDX listing one position twice": rebuilt(rgb, add=[(b"YIDX", struct.pack(">IIBIB", 2, 0, 0, 0, 0))]),
+        "YIDX of the wrong length": rebuilt(rgb, add=[(b"YIDX", struct.pack(">IIB", 2, 0, 0))]),
+        "ALPH with a byte after its stream": rebuilt(rgba, {b"ALPH": zlib.compress(b"\xff" * n_alpha) + b"x"}),
+        "ALPH one byte short": rebuilt(rgba, {b"ALPH": zlib.compress(b"\xff" * (n_alpha - 1))}),
+    }
+    for name, data in refused.items():
+        with pytest.raises(aecodec.FormatError):
+            aecodec.decompress(data)
+        with pytest.raises(spec.SpecError):
+            spec.decode(data, weights_dir())
+    # an iCCP chunk that is not one clean stream: both drop the profile and decode the image
+    profile = zlib.decompress(unpack(icc).ancillary_chunk(b"iCCP"))
+    for blob in (zlib.compress(profile) + b"x", b"not zlib", zlib.compress(b"")):
+        data = rebuilt(icc, add=[(b"iCCP", blob)])
+        with pytest.warns(aecodec.AecodecWarning, match="ICC"):
+            ours = aecodec.decompress(data, precision="float64")
+        theirs = spec.decode(data, weights_dir())
+        assert "icc_profile" not in ours.info and theirs["icc"] is None
+        assert np.array_equal(np.asarray(ours), theirs["pixels"])

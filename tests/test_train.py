@@ -1157,6 +1157,8 @@ def test_crop_and_batch_are_kept_in_the_checkpoint(data_dir, tmp_path, capsys):
     tr = trainer("--batch", "3")
     assert (tr.args.crop, tr.args.batch) == (64, 3)
     assert "note: --batch 3, where the run had 2" in capsys.readouterr().err
+    tr = trainer("--crop", "64", "--fresh")  # a new run in the same folder: nothing of the old one's shape
+    assert (tr.args.crop, tr.args.batch) == (64, 4)
     fresh = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "new")])
     from aecodec.train import keep_run_shape
 
