@@ -158,7 +158,7 @@ def _read_input(src: str) -> bytes:
 
 
 # -d DIR that does not exist yet: made when its first output is written (not before: a run whose
-# inputs all fail leaves nothing behind)
+# inputs all fail leaves nothing behind). Set by _run_batch for its run only.
 _MAKE_DIRS: set = set()
 
 
@@ -185,6 +185,7 @@ def _write_output(out: str, data: bytes, force: bool) -> None:
         try:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            _MAKE_DIRS.discard(str(Path(out).parent))  # the next inputs are refused before their work
             raise DataError(f"{Path(out).parent}: cannot create the output directory ({e.strerror or e})") from None
     if out == "-" or _is_special(out):
         try:
@@ -350,7 +351,17 @@ class _Batch:
 
 def _run_batch(what: str, inputs, output, out_dir, suffix: str, progress: Optional[bool], one) -> None:
     """``one(inp, out, say)`` for every input, each output claimed once, failures reported and counted."""
-    outs = _outputs(list(inputs), output, out_dir, suffix)
+    outs, make_dir = _outputs(list(inputs), output, out_dir, suffix)
+    _MAKE_DIRS.clear()
+    if make_dir:
+        _MAKE_DIRS.add(make_dir)
+    try:
+        _run_jobs(inputs, outs, progress, what, one)
+    finally:
+        _MAKE_DIRS.clear()
+
+
+def _run_jobs(inputs, outs, progress, what: str, one) -> None:
     batch = _Batch(len(inputs), progress, what)
     claimed = {}
     for inp, out in zip(inputs, outs):
@@ -395,14 +406,16 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
         raise UsageProblem("-o names a single output; with several inputs use -d DIR (or nothing)")
     if output is not None and out_dir is not None:
         raise UsageProblem("use -o or -d, not both")
-    _MAKE_DIRS.clear()
+    make_dir = None
     if out_dir is not None and not Path(out_dir).is_dir():
         if Path(out_dir).is_symlink() and not Path(out_dir).exists():
             raise UsageProblem(f"{out_dir}: -d names a broken symbolic link")
         if Path(out_dir).exists():
             raise UsageProblem(f"{out_dir}: -d needs a directory, and this is a file")
-        # made (with its parents, as `mkdir -p`) when the first output is written
-        _MAKE_DIRS.add(str(Path(out_dir)))
+        why = _cannot_make(Path(out_dir))
+        if why:  # said once, before any work
+            raise DataError(f"{out_dir}: cannot create the output directory ({why})")
+        make_dir = str(Path(out_dir))  # made (with its parents, as `mkdir -p`) when the first output is written
     outs = []
     for inp in inputs:
         if output is not None:
@@ -415,7 +428,19 @@ def _outputs(inputs, output: Optional[str], out_dir: Optional[str], suffix: str)
             outs.append(str(Path(out_dir) / (Path(inp).stem + suffix)))
         else:
             outs.append(str(Path(inp).with_suffix(suffix)))
-    return outs
+    return outs, make_dir
+
+
+def _cannot_make(d: Path) -> Optional[str]:
+    """Why the directory ``d`` (absent) could not be made, from its nearest existing ancestor, or None."""
+    anc = d
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"{anc} is not a directory"
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return f"permission denied in {anc}"
+    return None
 
 
 def _claim(out: str, inp: str, claimed: dict) -> None:
@@ -639,8 +664,8 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
         for w in caught:
             if issubclass(w.category, aecodec.AecodecWarning):
                 say(f"aecodec: warning: {inp}: {w.message}")
-            else:  # not ours: shown as Python would have shown it
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            else:  # not ours: shown as Python would (through say: not across a progress bar)
+                say(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip())
     except aecodec.FormatError as e:
         raise DataError(f"{inp}: {e}") from None
     except aecodec.WeightsError as e:

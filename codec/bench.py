@@ -986,6 +986,10 @@ def check_out_dir(out: Path, dataset: Path) -> None:
                               "name a new or empty folder")
 
 
+def _db(psnr: float) -> str:
+    return "lossless" if math.isnan(psnr) else f"{psnr:.3f} dB"  # (JSON keeps an infinite PSNR as null)
+
+
 def _check_reused(name: str, stored: Dict, now: Dict, store_path: Path) -> None:
     """A stored point must come out again as it was stored. The key covers the codec's settings and
     library versions but not aecodec's own code, so a change that alters its files without a new
@@ -999,8 +1003,8 @@ def _check_reused(name: str, stored: Dict, now: Dict, store_path: Path) -> None:
         return
     raise BenchError(
         f"{name}: a stored point no longer reproduces ({stored.get('image')} at quality {stored['quality']}: "
-        f"{stored['bytes']} bytes, {_num(stored.get('psnr_rgb')):.3f} dB stored; {now['bytes']} bytes, "
-        f"{now.get('psnr_rgb', float('nan')):.3f} dB now), so the codec changed under the same version: "
+        f"{stored['bytes']} bytes, {_db(was)} stored; {now['bytes']} bytes, {_db(new)} now), so the codec "
+        f"changed under the same version: "
         f"measure it afresh (move {store_path} away)")
 
 

@@ -182,9 +182,12 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
             im = im.convert("RGB")  # a palette alpha that no pixel uses: nothing to keep
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
-        a = np.asarray(im)
-        if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():  # still grey (not drawn on since)
-            im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA
+        from PIL import ImageChops
+
+        r, g, b = im.getchannel("R"), im.getchannel("G"), im.getchannel("B")
+        if ImageChops.difference(r, g).getbbox() is None and ImageChops.difference(g, b).getbbox() is None:
+            im, mode = im.convert("LA"), "LA"  # Pillow opens 16-bit grey+alpha PNG as RGBA (still grey: not
+            # drawn on in colour since aecodec first saw it)
     key_alpha = _colour_key_alpha(im, raw_modes, notes)
     if mode == "1":
         im, mode = im.convert("L"), "L"
@@ -355,6 +358,7 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
         src = Path(src)
     path = name or str(src if isinstance(src, Path) else "<stream>")
     register_plugins()
+    bug = None  # an exception of aecodec's own conversion: not to be reported as a bad file
     try:
         with _pillow_limit_lock:
             saved = Image.MAX_IMAGE_PIXELS
@@ -367,7 +371,12 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
             check_size(im.width, im.height, max_pixels, what="image")
             raw_modes = _raw_modes(im)
             im.load()
-            return planes_from_pil(im, raw_modes)
+            try:
+                return planes_from_pil(im, raw_modes)
+            except (ImageError, OSError, SyntaxError, EOFError, MemoryError):
+                raise  # the file's (e.g. a broken later frame read for n_frames), or memory: below
+            except Exception as e:
+                bug = e
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from None
     except FileNotFoundError:
@@ -384,6 +393,7 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
         raise ImageError(f"{path}: not enough memory to decode the image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
         raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
+    raise bug
 
 
 def _one_line(e: BaseException) -> str:

@@ -521,6 +521,8 @@ def test_a_codec_without_points_under_its_key_leaves_no_old_curve(tmp_path, crop
     r = _run(crops_dir, *quick, "--report-only")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "webp.json").exists() and "webp.json is from other settings" in r.output
+    r = _run(crops_dir, *quick, "--codecs", "jpeg-420")  # measures another codec: webp's file is not its to judge
+    assert r.exit_code == 0 and (tmp_path / "o" / "webp.json").exists(), r.output
     monkeypatch.setattr(B, "_run_tasks", lambda *a, **k: None)  # a run stopped before any point completed
     r = _run(crops_dir, *quick)
     assert r.exit_code == 0, r.output

@@ -321,11 +321,13 @@ def test_batch_usage_errors(many):
     assert r.exit_code == 1 and not (many / "none").exists()
     r = run("compress", many / "a.png", "-d", many / "new" / "dir")  # made, as `compress *.jpg -d out/` suggests
     assert r.exit_code == 0 and (many / "new" / "dir" / "a.aec").is_file(), r.output
+    r = run("compress", many / "a.png", many / "b.jpg", "-d", many / "a.png" / "sub")  # cannot be made: said once
+    assert r.exit_code == 1 and r.stderr.count("cannot create the output directory") == 1, r.output
+    r = run("info", many / "new" / "dir" / "a.aec", "--heatmap", many / "none" / "h.png")  # no -d left over
+    assert r.exit_code == 1 and not (many / "none").exists()
     (many / "dangling").symlink_to(many / "nowhere")
     r = run("compress", many / "a.png", "-d", many / "dangling")
     assert r.exit_code == 2 and "broken symbolic link" in r.stderr and not (many / "nowhere").exists()
-    r = run("compress", many / "a.png", "-d", many / "a.png" / "sub")  # cannot be made: one line, exit 1
-    assert r.exit_code == 1 and "cannot create the output directory" in r.stderr and r.stderr.count("\n") == 1
     # two inputs that would write the same output: the second is refused, not overwritten
     Image.open(many / "a.png").save(many / "a.bmp")
     r = run("compress", many / "a.png", many / "a.bmp", "-f")
@@ -806,3 +808,20 @@ def test_a_batch_exits_with_its_worst_failure(many):
     assert run("compress", many / "a.png", "-q", "1").exit_code == 0
     r = run("compress", many / "a.png", many / "bad.png")  # a.aec exists (2), bad.png is not an image (1)
     assert r.exit_code == 2 and r.stderr.count("aecodec: error:") == 2, r.output
+
+
+def test_warnings_from_outside_aecodec_are_shown_not_swallowed(work, monkeypatch):
+    import warnings
+
+    import aecodec
+
+    assert run("compress", work / "photo.png", "-q", "1").exit_code == 0
+    real = aecodec.decompress
+
+    def noisy(*a, **k):
+        warnings.warn("a library's note", UserWarning)
+        return real(*a, **k)
+
+    monkeypatch.setattr(aecodec, "decompress", noisy)
+    r = run("decompress", work / "photo.aec", "-o", work / "back.png")
+    assert r.exit_code == 0 and "UserWarning: a library's note" in r.stderr, r.output

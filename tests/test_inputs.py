@@ -525,3 +525,21 @@ def test_the_remembered_layout_is_the_current_frame_s():
     im.seek(1)  # an 8-bit page: no 16-bit note carried over from page 1
     p = aecodec.image.to_planes(im)
     assert p.mode == "LA" and not any("16-bit" in n for n in p.notes)
+    im = Image.open(io.BytesIO(buf.getvalue()))
+    aecodec.image.to_planes(im)  # page 1 seen (and its layout remembered) ...
+    im.seek(1)
+    im.load()  # ... then page 2 loaded before aecodec sees it: page 1's layout is not page 2's
+    assert not any("16-bit" in n for n in aecodec.image.to_planes(im).notes)
+
+
+def test_a_bug_in_the_conversion_is_not_called_a_bad_file(tmp_path, photo, monkeypatch):
+    """Only reading the file is the file's fault: an exception in aecodec's own conversion propagates."""
+    Image.fromarray(photo).save(tmp_path / "p.png")
+
+    def bug(*a, **k):
+        raise TypeError("a bug in aecodec")
+
+    monkeypatch.setattr(aecodec.image, "_colour_key_alpha", bug)
+    for call in (lambda: open_image(tmp_path / "p.png"), lambda: aecodec.image.to_planes(Image.open(tmp_path / "p.png"))):
+        with pytest.raises(TypeError, match="a bug in aecodec"):
+            call()
