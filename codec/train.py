@@ -456,20 +456,41 @@ DEFAULT_CLIP = 50.0
 RUN_FILES = ("last.pt", "best.pt", "decay-start.pt", "log.jsonl", "curves.png")
 DEFAULT_CROP = 256
 DEFAULT_BATCH = 4
+DEFAULT_WARMUP = 200
+DEFAULT_VAL_IMAGES = 8
+DEFAULT_VAL_CROP = 256
+DEFAULT_ARCH = "gained-mean-scale-hyperprior"
+DEFAULT_N, DEFAULT_M = 128, 192
+# kept in the checkpoint: a resumed run takes the checkpoint's unless the option is given
+KEPT = (("crop", DEFAULT_CROP), ("batch", DEFAULT_BATCH), ("warmup", DEFAULT_WARMUP),
+        ("val_images", DEFAULT_VAL_IMAGES), ("val_crop", DEFAULT_VAL_CROP))
 
 
 def keep_run_shape(args, state: Optional[Dict] = None) -> None:
-    """--crop and --batch not given: a resumed run keeps its checkpoint's (as it keeps --lr), a new
-    one takes the defaults. Given and different from the run's: said, since the run then goes on
-    from its checkpoint but no longer as one uninterrupted run would."""
+    """Options not given: a resumed run keeps its checkpoint's (as it keeps --lr), a new one takes
+    the defaults. --crop, --batch, --warmup, --val-images, --val-crop given and different from
+    the run's: said, since the run then goes on from its checkpoint but no longer as one
+    uninterrupted run would (another --val-images also moves the held-out split). The model's
+    --arch, --N, --M cannot differ from the checkpoint's: an error, before the images load."""
     cfg = (state or {}).get("config") or {}
-    for name, default in (("crop", DEFAULT_CROP), ("batch", DEFAULT_BATCH)):
+    for name, default in (("arch", DEFAULT_ARCH), ("N", DEFAULT_N), ("M", DEFAULT_M)):
+        had, given = cfg.get(name), getattr(args, name, None)
+        if name == "arch" and state is not None and had is None:
+            had = DEFAULT_ARCH  # checkpoints from before the linear twin
+        if given is None:
+            setattr(args, name, had if had is not None else default)
+        elif had is not None and given != had:
+            flag = f"--{name.lower() if name == 'arch' else name}"
+            raise SystemExit(f"error: the run in {args.run_dir} is {cfg.get('arch', DEFAULT_ARCH)} N={cfg.get('N')} "
+                             f"M={cfg.get('M')}, not {flag} {given}: leave out --arch/--N/--M to resume it, or add "
+                             "--fresh (or use another --run-dir) to start a new model")
+    for name, default in KEPT:
         had, given = cfg.get(name), getattr(args, name, None)
         if given is None:
             setattr(args, name, int(had) if had else default)
         elif had and int(had) != given:
-            print(f"note: --{name} {given}, where the run had {had}: it goes on from its checkpoint with the "
-                  "new value", file=sys.stderr)
+            print(f"note: --{name.replace('_', '-')} {given}, where the run had {had}: it goes on from its "
+                  "checkpoint with the new value", file=sys.stderr)
 
 
 def set_aside_run(run_dir: Path) -> Optional[Path]:
@@ -630,6 +651,8 @@ class Trainer:
             "parent": self.parent,
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
+                       "warmup": self.args.warmup, "val_images": self.args.val_images,
+                       "val_crop": self.args.val_crop,
                        "device": describe_device(self.device, self.args.threads), "amp": self.args.amp,
                        "clip": self.clip},
             "clip_scope": CLIP_SCOPE,
@@ -775,7 +798,7 @@ class Trainer:
                     "hours": round(st.get("train_seconds", 0.0) / 3600, 3),
                     "device": st.get("config", {}).get("device", "unknown")}}
         own = self.model.state_dict()
-        copied = 0
+        copied, skipped = 0, []
         dst_lambdas = list(self.model.lambdas)
         remap = src_lambdas is not None and (len(src_lambdas) != len(dst_lambdas) or not np.allclose(
             src_lambdas, dst_lambdas, rtol=1e-9, atol=0))
@@ -790,10 +813,16 @@ class Trainer:
             elif own[k].shape == v.shape:
                 own[k] = v.to(own[k].dtype)
                 copied += 1
+            else:
+                skipped.append(k)
         self.model.load_state_dict(own, strict=False)
         print(f"warm start from {path}: {copied} tensors copied"
               + (f" (quality levels mapped by lambda: {src_lambdas} -> {dst_lambdas})" if remap else ""),
               file=sys.stderr)
+        if skipped:  # e.g. --N/--M other than the file's: most of the model then starts from scratch
+            print(f"note: {len(skipped)} tensors of {path} have other shapes here and were not copied "
+                  f"(e.g. {skipped[0]}: {tuple(sd[skipped[0]].shape)} there, {tuple(own[skipped[0]].shape)} here); "
+                  f"this model is N={self.model.N} M={self.model.M}", file=sys.stderr)
 
     # -- loop ----------------------------------------------------------------
 
@@ -1224,22 +1253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start a new run (from --init, or new weights) instead of resuming the one in --run-dir; "
                         "that run's checkpoints and log are moved into a replaced-DATE folder there, not deleted")
-    p.add_argument("--arch", default="gained-mean-scale-hyperprior",
+    p.add_argument("--arch", default=None,
                    choices=["gained-mean-scale-hyperprior", "linear-gained-hyperprior"],
-                   help="the deep model, or its linear twin (the PCA-like sanity baseline)")
+                   help="the deep model (default), or its linear twin (the PCA-like sanity baseline); kept in the checkpoint")
     p.add_argument("--lambdas", metavar="L1,L2,...",
                    help="the quality levels' rate-distortion trade-offs, increasing (default: CompressAI's eight, "
                         "or the resumed checkpoint's); with --init, trained levels keep their gains and new ones "
                         "start from the nearest trained level")
-    p.add_argument("--N", type=int, default=128, help="channels of the transforms' hidden layers")
-    p.add_argument("--M", type=int, default=192, help="channels of the latent y")
+    p.add_argument("--N", type=int, default=None,
+                   help=f"channels of the transforms' hidden layers (default {DEFAULT_N}; kept in the checkpoint)")
+    p.add_argument("--M", type=int, default=None,
+                   help=f"channels of the latent y (default {DEFAULT_M}; kept in the checkpoint)")
     p.add_argument("--crop", type=int, default=None,
                    help=f"side of the random training crops in pixels (default {DEFAULT_CROP}; kept in the checkpoint)")
     p.add_argument("--batch", type=int, default=None,
                    help=f"crops per step (default {DEFAULT_BATCH}; kept in the checkpoint)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate after the warm-up (default {DEFAULT_LR}; kept in the checkpoint)")
-    p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"steps of linear learning-rate warm-up (default {DEFAULT_WARMUP}; kept in the checkpoint)")
     p.add_argument("--decay-start", type=int, default=None, help="step at which cosine decay begins")
     p.add_argument("--decay-now", action="store_true", help="begin the cosine decay at the current step")
     p.add_argument("--decay-steps", type=int, default=None,
@@ -1267,9 +1299,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "training time when run every 4 minutes on 2 cores); the run's last checkpoint "
                         "is always validated")
     p.add_argument("--log-every", type=int, default=25, help="steps per line of log.jsonl")
-    p.add_argument("--val-images", type=int, default=8,
-                   help="images held out of DATA for validation (at most one in 20 of DATA's images, at least 1)")
-    p.add_argument("--val-crop", type=int, default=256, help="side of the centre crops validated")
+    p.add_argument("--val-images", type=int, default=None,
+                   help=f"images held out of DATA for validation (default {DEFAULT_VAL_IMAGES}; at most one in 20 of "
+                        "DATA's images, at least 1; kept in the checkpoint)")
+    p.add_argument("--val-crop", type=int, default=None,
+                   help=f"side of the centre crops validated (default {DEFAULT_VAL_CROP}; kept in the checkpoint)")
     p.add_argument("--aux-lr", type=float, default=3e-3, help="learning rate of the entropy bottleneck quantiles")
     p.add_argument("--ema", type=float, default=0.999,
                    help="decay of the weights' moving average, which is validated and exported (0: off)")
@@ -1354,6 +1388,7 @@ def _main(parser, args) -> int:
     if args.pack_to:
         if Path(args.pack_to).is_dir() and any(Path(args.pack_to).iterdir()):
             parser.error(f"--pack-to {args.pack_to}: the folder is not empty; pack into a new or empty folder")
+        keep_run_shape(args, None)  # the defaults (a pack resumes nothing)
         r = pack_training_images(Path(args.data), Path(args.pack_to), args.val_images)
         print(f"packed {r['images']} training images (held-out ones left out) into {args.pack_to}: "
               f"{r['bytes'] / 2**20:.1f} MiB", file=sys.stderr)

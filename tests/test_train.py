@@ -1159,8 +1159,25 @@ def test_crop_and_batch_are_kept_in_the_checkpoint(data_dir, tmp_path, capsys):
     assert "note: --batch 3, where the run had 2" in capsys.readouterr().err
     tr = trainer("--crop", "64", "--fresh")  # a new run in the same folder: nothing of the old one's shape
     assert (tr.args.crop, tr.args.batch) == (64, 4)
+    tr.train_step()
+    tr.save()
+    # the model, the warm-up and the validation set are the run's too (a resume once fell back to
+    # N=128 M=192 and failed, to a warm-up of 200 and jumped its rate, to another held-out split)
+    args = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
+    tr = Trainer(args)
+    assert (tr.model.N, tr.model.M, tr.args.warmup, tr.args.val_crop, tr.args.val_images) == (16, 24, 1, 64, 8)
+    with pytest.raises(SystemExit, match="leave out --arch/--N/--M to resume"):
+        trainer("--N", "32")
     fresh = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "new")])
     from aecodec.train import keep_run_shape
 
     keep_run_shape(fresh, None)
     assert (fresh.crop, fresh.batch) == (256, 4)
+
+
+def test_a_warm_start_of_another_shape_says_what_it_did_not_copy(data_dir, tmp_path, capsys):
+    from conftest import shipped_weights_file
+
+    _trainer(data_dir, tmp_path / "run", "--init", str(shipped_weights_file()))  # N=16 M=24 from 128x192 weights
+    err = capsys.readouterr().err
+    assert "tensors copied" in err and "have other shapes here and were not copied" in err and "N=16 M=24" in err
