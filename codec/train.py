@@ -1127,9 +1127,16 @@ class Trainer:
         raise SystemExit(f"error: training diverged at step {self.step} (loss {loss}, lr "
                          f"{self.opt.param_groups[0]['lr']:.3g}): nothing was saved; {where}")
 
+    def _plot(self) -> None:
+        try:
+            plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
+        except Exception as e:  # a plot must never stop training
+            print(f"warning: could not plot the training curves: {e}", file=sys.stderr)
+
     def checkpoint_and_validate(self, validate: bool = True) -> None:
         path = self.save()
         if not validate:
+            self._plot()  # the curves up to this checkpoint (an interrupted run's too)
             print(f"step {self.step}: checkpoint {path}", file=sys.stderr)
             return
         v = self.validate()
@@ -1142,10 +1149,7 @@ class Trainer:
             self._keep_best(e, "ema")
         else:
             self._keep_best(v, "raw")
-        try:
-            plot_log(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
-        except Exception as e:  # a plot must never stop training
-            print(f"warning: could not plot the training curves: {e}", file=sys.stderr)
+        self._plot()
         print(f"step {self.step}: checkpoint {path}; val bpp "
               + " ".join(f"{b:.3f}" for b in v["bpp"]) + " | psnr "
               + " ".join(f"{p:.2f}" for p in v["psnr"]), file=sys.stderr)
@@ -1194,7 +1198,7 @@ def plot_log(log_path, out_png) -> None:
                        label=f"step {r['step']}" if j in (0, len(val) - 1) else None)
         ax[2].set_xlabel("bpp (estimated)")
         ax[2].set_ylabel("PSNR (dB)")
-        ax[2].set_title(f"validation RD (held-out crops, {which}), per checkpoint")
+        ax[2].set_title(f"validation RD (held-out crops, {which})")
         ax[2].legend()
     for a in ax[:2]:
         a.set_xlabel("step")
@@ -1429,8 +1433,17 @@ def _main(parser, args) -> int:
     import signal
 
     trainer = None
+    new_dir = not Path(args.run_dir).expanduser().exists()
     try:
-        trainer = Trainer(args)  # loading takes a while: Ctrl-C here is an abort too, not a traceback
+        try:
+            trainer = Trainer(args)  # loading takes a while: Ctrl-C here is an abort too, not a traceback
+        except (SystemExit, ValueError, OSError):
+            if new_dir:  # a run that never started (a bad --init, no usable image) leaves no empty folder
+                try:
+                    Path(args.run_dir).expanduser().rmdir()
+                except OSError:
+                    pass
+            raise
         stopped = trainer.run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     except KeyboardInterrupt:  # a second signal: no checkpoint of a half-done step
         print("aborted; the run directory keeps its previous checkpoint", file=sys.stderr)

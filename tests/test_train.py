@@ -220,6 +220,7 @@ def test_bad_init_files_and_a_damaged_checkpoint_are_one_line(data_dir, tmp_path
         assert main([str(data_dir), "--run-dir", str(tmp_path / "r"), "--fresh", "--init", str(init), *common]) == 1
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err and err.strip().count("\n") <= 1, err
+        assert not (tmp_path / "r").exists()  # a run that never started leaves no empty folder
     (tmp_path / "r2").mkdir()
     (tmp_path / "r2" / "last.pt").write_bytes(b"PK\x03\x04 not really a zip")
     assert main([str(data_dir), "--run-dir", str(tmp_path / "r2"), *common]) == 1
@@ -1181,3 +1182,15 @@ def test_a_warm_start_of_another_shape_says_what_it_did_not_copy(data_dir, tmp_p
     _trainer(data_dir, tmp_path / "run", "--init", str(shipped_weights_file()))  # N=16 M=24 from 128x192 weights
     err = capsys.readouterr().err
     assert "tensors copied" in err and "have other shapes here and were not copied" in err and "N=16 M=24" in err
+
+
+def test_a_checkpoint_without_validation_draws_the_curves_too(data_dir, tmp_path):
+    """An interrupted run (Ctrl-C: a checkpoint, no validation) still leaves its curves up to date."""
+    import time
+
+    tr = _trainer(data_dir, tmp_path / "run", "--log-every", "1")
+    for _ in range(3):
+        m = tr.train_step()
+        tr.log({"kind": "train", "step": tr.step, "time": time.time(), "lr": 1e-3, **m})
+    tr.checkpoint_and_validate(validate=False)
+    assert Image.open(tmp_path / "run" / "curves.png").format == "PNG"
