@@ -63,10 +63,6 @@ class Planes:
         return self.rgb.shape[0]
 
 
-def _to_8bit(arr: np.ndarray) -> np.ndarray:
-    return to_8bit_noted(arr)[0]
-
-
 def to_8bit_noted(arr: np.ndarray):
     """(uint8 array, what was done to the values in words, or None when nothing changed)."""
     if arr.dtype == np.uint8:
@@ -177,8 +173,7 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
         palette_alpha = getattr(getattr(im, "palette", None), "mode", None) == "RGBA"  # e.g. RGBA.quantize()
         keyed = "transparency" in im.info  # (convert() drops it)
         im = im.convert("RGBA" if (keyed or mode == "PA" or palette_alpha) else "RGB")
-        if palette_alpha and mode == "P" and not keyed and \
-                int(np.asarray(im.getchannel("A")).min(initial=255)) == 255:
+        if palette_alpha and mode == "P" and not keyed and im.getchannel("A").getextrema()[0] == 255:
             im = im.convert("RGB")  # a palette alpha that no pixel uses: nothing to keep
         mode = im.mode
     if mode == "RGBA" and any(r.startswith("LA;") for r in raw_modes):
@@ -269,13 +264,16 @@ def planes_from_array(arr: np.ndarray) -> Planes:
     raise ImageError(f"expected an HxW, HxWx1, HxWx2, HxWx3 or HxWx4 array, got shape {arr.shape}")
 
 
+# what Pillow raises for a file it cannot decode (after opening it)
+_PIL_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+
+
 def to_planes(image) -> Planes:
     if isinstance(image, Image.Image):
         raw_modes = _raw_modes(image)  # before load() forgets them
         try:  # a lazily opened file that turns out truncated or corrupt, or closed: said as such
             image.load()
-        except (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError, TypeError,
-                AssertionError) as e:
+        except _PIL_READ_ERRORS + (AssertionError,) as e:
             raise ImageError(f"cannot read the image ({_one_line(e)})") from None
         try:
             p = planes_from_pil(image, raw_modes)
@@ -391,7 +389,7 @@ def open_image(src, name: Optional[str] = None, max_pixels: Optional[int] = None
         raise ImageError(f"{path}: {e}") from None
     except MemoryError:
         raise ImageError(f"{path}: not enough memory to decode the image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
+    except _PIL_READ_ERRORS as e:
         raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
     raise bug
 

@@ -480,15 +480,14 @@ def keep_run_shape(args, state: Optional[Dict] = None) -> None:
         if given is None:
             setattr(args, name, had if had is not None else default)
         elif had is not None and given != had:
-            flag = f"--{name.lower() if name == 'arch' else name}"
             raise SystemExit(f"error: the run in {args.run_dir} is {cfg.get('arch', DEFAULT_ARCH)} N={cfg.get('N')} "
-                             f"M={cfg.get('M')}, not {flag} {given}: leave out --arch/--N/--M to resume it, or add "
+                             f"M={cfg.get('M')}, not --{name} {given}: leave out --arch/--N/--M to resume it, or add "
                              "--fresh (or use another --run-dir) to start a new model")
     for name, default in KEPT:
-        had, given = cfg.get(name), getattr(args, name, None)
+        had, given = cfg.get(name), getattr(args, name, None)  # (a kept --warmup may be 0)
         if given is None:
-            setattr(args, name, int(had) if had else default)
-        elif had and int(had) != given:
+            setattr(args, name, int(had) if had is not None else default)
+        elif had is not None and int(had) != given:
             print(f"note: --{name.replace('_', '-')} {given}, where the run had {had}: it goes on from its "
                   "checkpoint with the new value", file=sys.stderr)
 
@@ -685,11 +684,7 @@ class Trainer:
         if st is None:
             st = read_checkpoint(path, resumed=True)
         cfg = st["config"]
-        got = (cfg.get("arch", "gained-mean-scale-hyperprior"), cfg["N"], cfg["M"])
-        if got != (self.model.arch, self.model.N, self.model.M):
-            raise SystemExit(f"error: checkpoint {path} is {got[0]} N={got[1]} M={got[2]}, asked for "
-                             f"{self.model.arch} N={self.model.N} M={self.model.M}; use another --run-dir")
-        self.model.load_state_dict(st["model"])
+        self.model.load_state_dict(st["model"])  # the same arch, N, M: keep_run_shape saw to that
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
         if self.args.adam_eps is not None:  # given: it wins over the checkpoint's (else the run keeps its own)

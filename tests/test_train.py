@@ -1194,3 +1194,11 @@ def test_a_checkpoint_without_validation_draws_the_curves_too(data_dir, tmp_path
         tr.log({"kind": "train", "step": tr.step, "time": time.time(), "lr": 1e-3, **m})
     tr.checkpoint_and_validate(validate=False)
     assert Image.open(tmp_path / "run" / "curves.png").format == "PNG"
+
+
+def test_a_kept_warmup_of_zero_stays_zero(data_dir, tmp_path):
+    tr = _trainer(data_dir, tmp_path / "run", "--warmup", "0")
+    tr.train_step()
+    tr.save()
+    args = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
+    assert Trainer(args).args.warmup == 0  # not the default 200 (0 is falsy)
