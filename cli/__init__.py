@@ -465,19 +465,24 @@ def _max_pixels_option(f):
 
 
 class _Quality(click.ParamType):
-    """A quality level, with an error that says what is allowed (click's IntRange says
-    "'abc' is not a valid integer range")."""
+    """A quality: a level 1..8, or between two levels in steps of 0.01 (6.5), with an error
+    that says what is allowed."""
 
     name = "Q"
 
     def convert(self, value, param, ctx):
-        try:
-            q = int(value)
-        except (TypeError, ValueError):
-            q = None
-        if q not in QUALITIES:
-            self.fail(f"{value!r}: the quality is a whole number from {QUALITIES[0]} to {QUALITIES[-1]}", param, ctx)
-        return q
+        import re
+
+        from aecodec.api import check_quality
+
+        text = str(value).strip()
+        if re.fullmatch(r"\d+(\.\d{1,2})?|\.\d{1,2}", text):
+            try:
+                return check_quality(float(text))
+            except ValueError:
+                pass
+        self.fail(f"{value!r}: the quality is a number from {QUALITIES[0]} to {QUALITIES[-1]}, "
+                  "at most two decimals (6, 6.5, 6.25)", param, ctx)
 
 
 class _Size(click.ParamType):
@@ -503,7 +508,8 @@ class _Size(click.ParamType):
         return n
 
 
-QUALITY_HELP = f"quality level {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image)"
+QUALITY_HELP = (f"quality {QUALITIES[0]} (smallest file) .. {QUALITIES[-1]} (best image); a level, or in steps of 0.01 "
+                "between two levels (6.5)")
 PROGRESS_HELP = ("progress bar on stderr: over the files, or for one large file over its tiles "
                  "(default: when stderr is a terminal)")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import zlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .format import Container, FormatError, Header, pack, unpack
+from .format import Container, FormatError, Header, join_quality, pack, unpack
 from .image import Planes, check_size, pixel_limit, pixels_in_words, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -22,13 +23,23 @@ MAX_ICC_BYTES = 16 * 2**20
 PRECISIONS = ("float32", "float64")
 
 
-def check_quality(quality) -> int:
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
-        raise ValueError(f"quality must be an integer in {QUALITIES[0]}..{QUALITIES[-1]}, got {quality!r}")
-    q = int(quality)
-    if q not in QUALITIES:
-        raise ValueError(f"quality must be in {QUALITIES[0]}..{QUALITIES[-1]}, got {q}")
-    return q
+def check_quality(quality):
+    """The quality as it will be coded: an int for a whole level (1..8), else a float with two
+    decimals between two levels (5.5, 6.25: the gains are interpolated, docs/FORMAT.md).  More
+    decimals are rounded to hundredths.  ValueError for anything else."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, float, np.integer, np.floating)):
+        raise ValueError(f"quality must be a number from {QUALITIES[0]} to {QUALITIES[-1]} "
+                         f"(in steps of 0.01), got {quality!r}")
+    q = float(quality)
+    if not QUALITIES[0] <= q <= QUALITIES[-1]:  # (NaN fails this too)
+        raise ValueError(f"quality must be from {QUALITIES[0]} to {QUALITIES[-1]}, got {quality!r}")
+    return join_quality(*split_quality(q))
+
+
+def split_quality(quality) -> Tuple[int, int]:
+    """(level, hundredths) of a quality: 5 -> (5, 0), 6.25 -> (6, 25)."""
+    c = int(round(float(quality) * 100))
+    return c // 100, c % 100
 
 
 def _latent_shapes(h: int, w: int):
@@ -64,36 +75,64 @@ class SizeError(ValueError):
     """No quality level gives a file as small as asked (``compress_to_size``)."""
 
 
-def compress_planes(planes: Planes, quality: int = DEFAULT_QUALITY, model_id: Optional[str] = None,
+def compress_planes(planes: Planes, quality=DEFAULT_QUALITY, model_id: Optional[str] = None,
                     max_pixels: Optional[int] = MAX_PIXELS, tile: Optional[int] = None,
                     max_bytes: Optional[int] = None) -> bytes:
-    """The .aec bytes of ``planes`` at ``quality``; with ``max_bytes``, at the highest level up
-    to ``quality`` whose whole file fits, or SizeError.  The levels are tried from ``quality``
-    down (file sizes nearly always grow with the level, but not on tiny flat images, so no
-    bisection), sharing one analysis transform."""
+    """The .aec bytes of ``planes`` at ``quality``; with ``max_bytes``, at the highest quality up
+    to ``quality``, in steps of 0.01, whose whole file fits, or SizeError.  The whole levels are
+    tried from ``quality`` down (file sizes nearly always grow with the level, but not on tiny
+    flat images, so they are not bisected); then the hundredths above the first that fits are
+    searched (guessing from the sizes, with a halving every third probe).  All of it shares
+    one analysis transform."""
     max_pixels = pixel_limit(max_pixels)
     from . import coding, tiling
     from .weights import load_model
 
-    q = check_quality(quality)
+    level, frac = split_quality(check_quality(quality))
     check_size(planes.width, planes.height, max_pixels)
     model = load_model(model_id)
-    if q > model.levels:
+    if level + (frac > 0) > model.levels:
         raise ValueError(f"model {model.model_id} has {model.levels} quality levels")
     tile = tile or tiling.TILE
     padded = _pad(planes.rgb)
     extra = _side_chunks(planes)
     if max_bytes is None:
-        return _pack(model, planes, q, coding.encode(model, padded, q - 1, tile), extra)
+        return _pack(model, planes, level, frac, coding.encode(model, padded, level - 1, tile, frac=frac), extra)
     _check_max_bytes(max_bytes)
     analysed = coding.analysis(model, padded, 1.0, tile)
-    smallest = None
-    for level in range(q, 0, -1):
-        data = _pack(model, planes, level, coding.encode(model, padded, level - 1, tile, analysed), extra)
+
+    def at(c: int) -> bytes:  # the file at quality c / 100
+        return _pack(model, planes, c // 100, c % 100,
+                     coding.encode(model, padded, c // 100 - 1, tile, analysed, c % 100), extra)
+
+    top = 100 * level + frac
+    data = at(top)
+    if len(data) <= max_bytes:
+        return data
+    too_big, smallest = top, len(data)
+    for c in range(100 * ((top - 1) // 100), 0, -100):
+        data = at(c)
         if len(data) <= max_bytes:
-            return data
-        smallest = len(data) if smallest is None else min(smallest, len(data))
-    raise SizeError(f"even the smallest file (quality 1..{q}) needs {smallest} bytes, over the {max_bytes} allowed")
+            break
+        too_big, smallest = c, min(smallest, len(data))
+    else:
+        raise SizeError(f"even the smallest file (quality 1..{join_quality(level, frac)}) needs {smallest} bytes, "
+                        f"over the {max_bytes} allowed")
+    fits, fit_size, big_size = c, len(data), smallest
+    for step in range(100):  # (it ends long before: at most ~7 halvings of 100 hundredths)
+        if too_big - fits <= 1:
+            break
+        if step % 3 == 2 or fit_size <= 0:  # every third probe halves, so a bad guess cannot drag on
+            mid = (fits + too_big) // 2
+        else:  # file size grows about exponentially with the quality: guess where it meets the limit
+            t = math.log(max_bytes / fit_size) / math.log(big_size / fit_size) if big_size > fit_size else 0.5
+            mid = min(max(fits + round(t * (too_big - fits)), fits + 1), too_big - 1)
+        candidate = at(mid)
+        if len(candidate) <= max_bytes:
+            fits, fit_size, data = mid, len(candidate), candidate
+        else:
+            too_big, big_size = mid, len(candidate)
+    return data
 
 
 def _check_max_bytes(max_bytes) -> None:
@@ -111,20 +150,22 @@ def _side_chunks(planes: Planes):
     return chunks
 
 
-def _pack(model, planes: Planes, q: int, enc, side_chunks) -> bytes:
+def _pack(model, planes: Planes, q: int, frac: int, enc, side_chunks) -> bytes:
     chunks = [(b"ZSTR", enc.z_string), (b"YSTR", enc.y_string)]
     if enc.guard:
         chunks.append((b"YIDX", enc.guard))
+    if frac:
+        chunks.append((b"QFRC", bytes([frac])))
     chunks += side_chunks
     header = Header(model_id=model.model_id, quality=q, mode=planes.mode, width=planes.width,
                     height=planes.height, y_shape=enc.y_shape, z_shape=enc.z_shape)
     return pack(header, chunks)
 
 
-def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
+def compress_to_size(image, max_bytes: int, max_quality=QUALITIES[-1],
                      max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
-    """Compress at the highest quality level (up to ``max_quality``) whose .aec file, header
-    included, is at most ``max_bytes`` bytes.  The result is byte for byte what
+    """Compress at the highest quality (up to ``max_quality``, in steps of 0.01) whose .aec
+    file, header included, is at most ``max_bytes`` bytes.  The result is byte for byte what
     ``compress(image, quality=aecodec.info(result)["quality"])`` gives.  Raises SizeError (a
     ValueError) when even quality 1 is larger."""
     max_pixels = pixel_limit(max_pixels)
@@ -135,11 +176,13 @@ def compress_to_size(image, max_bytes: int, max_quality: int = QUALITIES[-1],
     return compress_planes(planes, max_quality, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
-def compress(image, quality: int = DEFAULT_QUALITY, max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
+def compress(image, quality=DEFAULT_QUALITY, max_pixels: Optional[int] = MAX_PIXELS) -> bytes:
     """Compress a PIL.Image or an HxW / HxWx1 (grey), HxWx2 (grey + alpha), HxWx3 or HxWx4 uint8
     array to .aec bytes.
 
-    Raises ValueError for a quality outside ``QUALITIES`` and ImageError (a
+    ``quality``: a level of ``QUALITIES`` (1, smallest file, .. 8, best image), or a number
+    between two levels in steps of 0.01 (e.g. 6.5), coded with gains interpolated between them.
+    Raises ValueError for a quality outside 1..8 and ImageError (a
     ValueError) for an image over ``max_pixels`` (None or 0: no limit) or one the
     format cannot hold.  What was changed on the way in (16-bit samples,
     animation, CMYK) is reported as an ``AecodecWarning``.
@@ -203,10 +246,9 @@ def decode_container(c: Container, max_pixels: Optional[int] = MAX_PIXELS, preci
             raise FormatError("corrupt alpha plane: wrong size")
         alpha = np.frombuffer(raw, dtype=np.uint8).reshape(h.height, h.width)
     model = load_model(h.model_id)
-    if not 1 <= h.quality <= model.levels:
-        raise FormatError(f"corrupt header: quality {h.quality} not in 1..{model.levels}")
+    level, frac = c.quality_parts
     rgb = coding.decode(model, c.chunks[b"ZSTR"], c.chunks[b"YSTR"], c.chunks.get(b"YIDX", b""),
-                        tuple(h.z_shape), h.quality - 1, h.height, h.width, precision, tile or tiling.TILE)
+                        tuple(h.z_shape), level - 1, h.height, h.width, precision, tile or tiling.TILE, frac)
     return rgb, alpha
 
 
@@ -242,6 +284,7 @@ def info(data: bytes) -> Dict:
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     c = unpack(bytes(data))
     d = c.header.to_dict()
+    d["quality"] = c.quality  # with a QFRC chunk, between two levels (a float)
     n = memoryview(data).nbytes  # bytes, also for a memoryview of wider items
     d["file_bytes"] = n
     d["bpp"] = 8 * n / (c.header.width * c.header.height)
@@ -264,9 +307,10 @@ def info(data: bytes) -> Dict:
         d["model_problem"] = problem
     else:  # the model is here: is the quality one of its levels? (a CRC-valid header can still lie)
         levels = model_qualities(c.header.model_id)
-        if levels and c.header.quality not in levels:
+        level, frac = c.quality_parts
+        if levels and (level not in levels or (frac and level + 1 not in levels)):
             d["decodable"] = False
-            d["quality_problem"] = (f"quality {c.header.quality} is not a level of model {c.header.model_id} "
-                                    f"({levels[0]}..{levels[-1]}): a damaged header")
+            d["quality_problem"] = (f"quality {c.quality} is not {'between levels' if frac else 'a level'} of model "
+                                    f"{c.header.model_id} ({levels[0]}..{levels[-1]}): a damaged header")
     return d
 

@@ -419,6 +419,7 @@ class AECodec(Codec):
         from .api import QUALITIES
 
         self.grid = tuple(QUALITIES)
+        self.qrange = (QUALITIES[0], QUALITIES[-1])  # --grid may also take qualities between levels (6.5)
 
     def available(self):
         try:
@@ -442,7 +443,7 @@ class AECodec(Codec):
     def encode(self, rgb, q) -> bytes:
         import aecodec
 
-        return aecodec.compress(rgb, quality=int(q))
+        return aecodec.compress(rgb, quality=q)
 
     def decode(self, data: bytes) -> np.ndarray:
         import aecodec
@@ -565,16 +566,18 @@ def parse_grid(spec: str) -> Tuple[str, Tuple]:
     if len(set(vals)) != len(vals):
         raise BenchUsageError(f"--grid {spec!r}: a quality is given twice")
     lo, hi = codec.qrange
-    if name != "aecodec" and any(not lo <= v <= hi for v in vals):
+    if name == "aecodec":  # levels, or between them in steps of 0.01
+        if any(not lo <= v <= hi or abs(v * 100 - round(v * 100)) > 1e-6 for v in vals):
+            raise BenchUsageError(f"--grid {spec!r}: aecodec qualities are {lo:g}..{hi:g} in steps of 0.01")
+        from .api import check_quality
+
+        return name, tuple(check_quality(v) for v in vals)
+    if any(not lo <= v <= hi for v in vals):
         raise BenchUsageError(f"--grid {spec!r}: {name} qualities are {lo:g}..{hi:g}")
     if all(isinstance(g, int) for g in codec.grid):
         if any(v != int(v) for v in vals):
             raise BenchUsageError(f"--grid {spec!r}: {name} takes integer qualities")
         vals = tuple(int(v) for v in vals)
-    if name == "aecodec":
-        bad = [v for v in vals if v not in codec.grid]
-        if bad:
-            raise BenchUsageError(f"--grid {spec!r}: aecodec qualities are {codec.grid[0]}..{codec.grid[-1]}")
     return name, vals
 
 

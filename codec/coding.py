@@ -80,11 +80,22 @@ def _g_s64(model):
     return c["g_s64"]
 
 
-def _gains(model, level: int):
+def _gains(model, level: int, frac: int = 0):
+    """(gain, inverse gain), 1 x M x 1 x 1 float32, of level index ``level`` (0-based) or, with
+    ``frac`` hundredths (1..99), between it and the next level: the log-gains interpolated
+    linearly in float32 as ``(1 - t) * a + t * b`` with ``t = float32(frac) / 100``, then
+    exponentiated (docs/FORMAT.md, *Qualities between levels*)."""
     torch = _torch()
-    q = torch.tensor([level], dtype=torch.long)
-    g, ig = model._gains(q)
-    return g, ig
+    if not frac:
+        return model._gains(torch.tensor([level], dtype=torch.long))
+    if not (1 <= frac <= 99 and 0 <= level < model.levels - 1):
+        raise ValueError(f"no quality {level + 1}.{frac:02d}: the model has levels 1..{model.levels}")
+    t = torch.tensor(frac, dtype=torch.float32) / torch.tensor(100, dtype=torch.float32)
+    out = []
+    for logs in (model.log_gain, model.log_inv_gain):
+        a, b = logs.detach()[level], logs.detach()[level + 1]
+        out.append(torch.exp((1 - t) * a + t * b)[None, :, None, None])
+    return out[0], out[1]
 
 
 def _boundaries(model):
@@ -213,8 +224,10 @@ def analysis(model, rgb_padded: np.ndarray, gain, tile: int = tiling.TILE):
     return y, n
 
 
-def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, analysed=None) -> Encoded:
-    """Entropy-code one padded image (H x W x 3 uint8, multiples of 64) at level index ``level``.
+def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, analysed=None,
+           frac: int = 0) -> Encoded:
+    """Entropy-code one padded image (H x W x 3 uint8, multiples of 64) at level index ``level``
+    (plus ``frac`` hundredths toward the next level).
 
     ``analysed``: ``(g_a(x), tiles)`` from ``analysis(model, rgb_padded, 1.0)``, to code one
     image at several levels with one analysis (the level's gain multiplies it exactly as here).
@@ -222,7 +235,7 @@ def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, a
     torch = _torch()
     if not 0 <= level < model.levels:
         raise ValueError(f"level index {level} out of range 0..{model.levels - 1}")
-    g, _ = _gains(model, level)
+    g, _ = _gains(model, level, frac)
     if analysed is None:
         y, n_tiles = analysis(model, rgb_padded, g, tile)
     else:
@@ -319,12 +332,20 @@ def synthesis(model, y_scaled, height: int, width: int, precision: str = "float3
     return out
 
 
+def check_level(model, level: int, frac: int = 0) -> None:
+    """FormatError unless level index ``level`` (+ ``frac`` hundredths) is one of the model's."""
+    top = model.levels - 1 if frac else model.levels
+    if not 0 <= level < top:
+        from .format import join_quality
+
+        raise FormatError(f"corrupt header: quality {join_quality(level + 1, frac)} not in 1..{model.levels}")
+
+
 def decode(model, z_string: bytes, y_string: bytes, guard: bytes, z_shape, level: int, height: int,
-           width: int, precision: str = "float32", tile: int = tiling.TILE) -> np.ndarray:
-    """Decode the strings to an H x W x 3 uint8 image."""
-    if not 0 <= level < model.levels:
-        raise FormatError(f"corrupt header: quality {level + 1} not in 1..{model.levels}")
+           width: int, precision: str = "float32", tile: int = tiling.TILE, frac: int = 0) -> np.ndarray:
+    """Decode the strings to an H x W x 3 uint8 image (level index ``level`` + ``frac`` hundredths)."""
+    check_level(model, level, frac)
     y_hat, _ = decode_latents(model, z_string, y_string, guard, z_shape, tile)
-    _, ig = _gains(model, level)
+    _, ig = _gains(model, level, frac)
     y_hat.mul_(ig)
     return synthesis(model, y_hat, height, width, precision, tile)

@@ -21,7 +21,8 @@ Layout (all integers big-endian)::
 Chunks: ``YSTR`` (y string), ``ZSTR`` (z string), ``ALPH`` (zlib-compressed
 alpha plane, width*height bytes, for LA and RGBA), ``YIDX`` (optional: scale
 indexes of latents whose predicted scale lies at a table entry, the desync
-guard), ``iCCP`` (optional, ancillary: zlib-compressed ICC profile).  A chunk
+guard), ``QFRC`` (optional: the hundredths of a quality between two levels),
+``iCCP`` (optional, ancillary: zlib-compressed ICC profile).  A chunk
 whose tag starts with a lower-case letter is ancillary: decoders that do not
 know it skip it.  An unknown critical (upper-case) chunk is an error.
 """
@@ -40,7 +41,7 @@ SUPPORTED_VERSIONS = (1,)
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_CODES = {v: k for k, v in MODES.items()}
 
-KNOWN_CHUNKS = {b"YSTR", b"ZSTR", b"ALPH", b"YIDX"}
+KNOWN_CHUNKS = {b"YSTR", b"ZSTR", b"ALPH", b"YIDX", b"QFRC"}
 KNOWN_ANCILLARY = {b"iCCP"}
 MAX_CHUNKS = 32
 # The latent shapes are 16-bit fields: y_w = ceil(width/64)*4 <= 65535.
@@ -84,11 +85,28 @@ class Container:
     ancillary: List[Tuple[bytes, bytes]] = field(default_factory=list)
     header_bytes: int = 0  # bytes other than the YSTR/ZSTR payloads (header, chunk headers, side chunks, CRC)
 
+    @property
+    def quality_parts(self) -> Tuple[int, int]:
+        """(level, hundredths): the header's level and the QFRC chunk's fraction (0 without one)."""
+        blob = self.chunks.get(b"QFRC")
+        return self.header.quality, (blob[0] if blob else 0)
+
+    @property
+    def quality(self):
+        """The coded quality: the level (int), or level + hundredths / 100 (float) with a QFRC chunk."""
+        level, frac = self.quality_parts
+        return join_quality(level, frac)
+
     def ancillary_chunk(self, tag: bytes):
         for t, blob in self.ancillary:
             if t == tag:
                 return blob
         return None
+
+
+def join_quality(level: int, frac: int):
+    """level (int) for a whole level, else the float level + frac / 100 (2 decimals, as given)."""
+    return level if not frac else round(level + frac / 100, 2)
 
 
 def pack(header: Header, chunks: List[Tuple[bytes, bytes]]) -> bytes:
@@ -201,6 +219,10 @@ def unpack(data: bytes) -> Container:
     for need in (b"YSTR", b"ZSTR"):
         if need not in chunks:
             raise FormatError(f"corrupt file: missing {need.decode()} chunk")
+    if b"QFRC" in chunks:
+        frac = chunks[b"QFRC"]
+        if len(frac) != 1 or not 1 <= frac[0] <= 99:
+            raise FormatError("corrupt QFRC chunk: not one byte of 1..99")
     if header.mode in ("LA", "RGBA") and b"ALPH" not in chunks:
         raise FormatError("corrupt file: missing alpha chunk")
     if header.mode not in ("LA", "RGBA") and b"ALPH" in chunks:

@@ -31,7 +31,7 @@ def bits_map(data: bytes) -> Tuple[np.ndarray, np.ndarray, Dict]:
 
     from . import coding, rans
     from .api import MAX_PIXELS, _check_container
-    from .format import FormatError, unpack
+    from .format import unpack
     from .model import table_bits
     from .weights import load_model
 
@@ -39,10 +39,9 @@ def bits_map(data: bytes) -> Tuple[np.ndarray, np.ndarray, Dict]:
     _check_container(c, MAX_PIXELS)
     h = c.header
     model = load_model(h.model_id)
-    if not 1 <= h.quality <= model.levels:
-        raise FormatError(f"corrupt header: quality {h.quality} not in 1..{model.levels}")
+    level, frac = c.quality_parts
+    coding.check_level(model, level - 1, frac)
     y_str, z_str = c.chunks[b"YSTR"], c.chunks[b"ZSTR"]
-    q = h.quality - 1
     y_hat, params = coding.decode_latents(model, z_str, y_str, c.chunks.get(b"YIDX", b""), tuple(h.z_shape))
     eb, gc = model.entropy_bottleneck, model.gaussian_conditional
     Hz, Wz = h.z_shape
@@ -58,10 +57,10 @@ def bits_map(data: bytes) -> Tuple[np.ndarray, np.ndarray, Dict]:
         z_bits = table_bits(eb, z_sym_t, z_idx).sum(1)[0].numpy()  # H/64 x W/64
     bpp = np.kron(y_bits, np.ones((16, 16))) / 256.0 + np.kron(z_bits, np.ones((64, 64))) / 4096.0
     bpp = bpp[:h.height, :h.width]
-    _, ig = coding._gains(model, q)
+    _, ig = coding._gains(model, level - 1, frac)
     rgb = coding.synthesis(model, y_hat * ig, h.height, h.width)
     totals = {
-        "width": h.width, "height": h.height, "quality": h.quality, "model": h.model_id,
+        "width": h.width, "height": h.height, "quality": c.quality, "model": h.model_id,
         "file_bytes": len(data), "file_bpp": 8.0 * len(data) / (h.width * h.height),
         "y_string_bytes": len(y_str), "z_string_bytes": len(z_str),
         "model_y_bits": float(y_bits.sum()), "model_z_bits": float(z_bits.sum()),

@@ -35,7 +35,7 @@ class AecImageFile(ImageFile.ImageFile):
         self._mode = h.mode
         self._size = (h.width, h.height)
         self.info["aec_model"] = h.model_id
-        self.info["aec_quality"] = h.quality
+        self.info["aec_quality"] = self._container.quality
         from .api import decode_icc
 
         icc = decode_icc(self._container)

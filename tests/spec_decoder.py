@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 MAGIC = b"\x8aAEC"
-KNOWN = {b"ZSTR", b"YSTR", b"ALPH", b"YIDX", b"iCCP"}
+KNOWN = {b"ZSTR", b"YSTR", b"ALPH", b"YIDX", b"QFRC", b"iCCP"}
 RANS_L = 1 << 31
 ICC_LIMIT = 16 << 20
 
@@ -108,7 +108,12 @@ def parse(data: bytes, max_pixels: int = 2 ** 27) -> dict:
             if p <= last or s >= 64:
                 raise SpecError("YIDX entries out of order or range")
             yidx[p], last = s, p
-    return dict(model_id=model_id, quality=quality, mode=mode, width=width, height=height,
+    frac = 0
+    if b"QFRC" in chunks:
+        if len(chunks[b"QFRC"]) != 1 or not 1 <= chunks[b"QFRC"][0] <= 99:
+            raise SpecError("QFRC is not one byte of 1..99")
+        frac = chunks[b"QFRC"][0]
+    return dict(model_id=model_id, quality=quality, frac=frac, mode=mode, width=width, height=height,
                 y_shape=(y_h, y_w), z_shape=(z_h, z_w), chunks=chunks, alpha=alpha, icc=icc, yidx=yidx)
 
 
@@ -231,7 +236,7 @@ def decode(data: bytes, weights_dir: Path) -> dict:
     h = parse(data)
     w = load_weights(weights_dir, h["model_id"])
     M, C = w["log_inv_gain"].shape[1], w["entropy_bottleneck._offset"].shape[0]
-    if not 1 <= h["quality"] <= w["log_inv_gain"].shape[0]:
+    if not 1 <= h["quality"] <= w["log_inv_gain"].shape[0] - (1 if h["frac"] else 0):
         raise SpecError("quality out of the model's range")
     (y_h, y_w), (z_h, z_w) = h["y_shape"], h["z_shape"]
     z_sym = _strings(h["chunks"][b"ZSTR"], np.repeat(np.arange(C), z_h * z_w).tolist(),
@@ -255,7 +260,11 @@ def decode(data: bytes, weights_dir: Path) -> dict:
         raise SpecError("a latent near a table entry that YIDX does not list")
     y_sym = _strings(h["chunks"][b"YSTR"], idx.tolist(), _tables(w, "gaussian_conditional"))
     y_hat = torch.tensor(y_sym, dtype=torch.float32).reshape(1, M, y_h, y_w) + means
-    scaled = y_hat * torch.exp(w["log_inv_gain"][h["quality"] - 1]).reshape(1, M, 1, 1)
+    log_ig = w["log_inv_gain"][h["quality"] - 1]
+    if h["frac"]:  # between two levels: interpolated log inverse gains, all in float32
+        t = torch.tensor(float(h["frac"]), dtype=torch.float32) / torch.tensor(100.0, dtype=torch.float32)
+        log_ig = (torch.tensor(1.0, dtype=torch.float32) - t) * log_ig + t * w["log_inv_gain"][h["quality"]]
+    scaled = y_hat * torch.exp(log_ig).reshape(1, M, 1, 1)
     with torch.no_grad():
         x = g_s(scaled.double(), w)
     if not torch.isfinite(x).all():

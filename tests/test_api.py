@@ -13,10 +13,37 @@ def test_public_names():
     assert issubclass(aecodec.FormatError, ValueError)
 
 
-@pytest.mark.parametrize("q", [0, 9, 999, -1, 2.5, "3", True, None])
+@pytest.mark.parametrize("q", [0, 9, 999, -1, 0.99, 8.01, float("nan"), float("inf"), "3", "6.5", True, None])
 def test_bad_quality_raises_valueerror(q):
     with pytest.raises(ValueError):
         aecodec.compress(np.zeros((8, 8, 3), np.uint8), quality=q)
+
+
+def test_quality_between_levels(photo_crops):
+    """A quality between two levels (hundredths) codes with interpolated gains: its file lies
+    between the two levels' in size and PSNR, says its quality, and a whole level is coded
+    exactly as before (no QFRC chunk)."""
+    from aecodec.api import check_quality
+    from aecodec.format import unpack
+
+    assert [check_quality(q) for q in (6, np.int64(6), 6.0, 5.5, np.float32(6.25), 5.555, 7.999, 1)] == \
+        [6, 6, 6, 5.5, 6.25, 5.56, 8, 1]
+    assert isinstance(check_quality(6.0), int)
+    img = photo_crops[0][:128, :192]
+
+    def psnr(data):
+        return 10 * np.log10(255**2 / np.mean((np.asarray(aecodec.decompress(data), float) - img) ** 2))
+
+    files = {q: aecodec.compress(img, quality=q) for q in (5, 5.25, 5.5, 5.75, 6)}
+    sizes = [len(files[q]) for q in sorted(files)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
+    assert psnr(files[5]) < psnr(files[5.5]) < psnr(files[6])
+    for q, data in files.items():
+        c = unpack(data)
+        assert aecodec.info(data)["quality"] == q and type(aecodec.info(data)["quality"]) is type(q)
+        assert (b"QFRC" in c.chunks) == (q != int(q)) and c.header.quality == int(q)
+    assert aecodec.compress(img, quality=5.5) == files[5.5]  # deterministic
+    assert aecodec.compress(img, quality=8.0) == aecodec.compress(img, quality=8)
 
 
 def test_bad_inputs():
@@ -195,18 +222,21 @@ def test_pixel_counts_in_words():
 
 
 @pytest.mark.parametrize("kind", ["photo", "flat"])
-def test_compress_to_size_picks_the_best_level_that_fits(photo_crops, kind):
+def test_compress_to_size_picks_the_best_quality_that_fits(photo_crops, kind):
     # a tiny flat image: file sizes do not grow with the level (90, 94, 90, 90, ... bytes)
     img = photo_crops[0][:128, :192] if kind == "photo" else np.full((64, 64, 3), 90, np.uint8)
     sizes = {q: len(aecodec.compress(img, quality=q)) for q in aecodec.QUALITIES}
-    for budget in sorted(set(sizes.values()) | {(sizes[q] + sizes[q + 1]) // 2 for q in (1, 4, 7)}):
-        for cap in (8, 3):
-            fits = [q for q in range(1, cap + 1) if sizes[q] <= budget]
+    for budget in sorted({sizes[q] for q in (1, 3, 8)} | {(sizes[q] + sizes[q + 1]) // 2 for q in (1, 6)}):
+        for cap in (8, 2.5):
+            fits = [q for q in range(1, int(cap) + 1) if sizes[q] <= budget]
             if not fits:
                 continue
             data = aecodec.compress_to_size(img, budget, max_quality=cap)
-            assert aecodec.info(data)["quality"] == max(fits) and len(data) <= budget, (budget, cap, sizes)
-            assert data == aecodec.compress(img, quality=max(fits))  # byte for byte the plain file
+            got = aecodec.info(data)["quality"]
+            assert max(fits) <= got <= cap and len(data) <= budget, (budget, cap, got, sizes)
+            assert data == aecodec.compress(img, quality=got)  # byte for byte the plain file
+            if kind == "photo" and got < cap:  # sizes grow with the quality here: the next 0.01 does not fit
+                assert len(aecodec.compress(img, quality=round(got + 0.01, 2))) > budget, (budget, cap, got)
     smallest = min(sizes.values())
     with pytest.raises(aecodec.SizeError, match=f"needs {smallest} bytes, over the {smallest - 1} allowed"):
         aecodec.compress_to_size(img, smallest - 1)

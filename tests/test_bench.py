@@ -100,7 +100,9 @@ def test_thin_grid_and_parse():
     assert B.thin_grid(g, 50) == g
     assert B.parse_grid("jpeg-420=10,50") == ("jpeg-420", (10, 50))
     assert B.parse_grid("jpeg2000=24,9.6") == ("jpeg2000", (24.0, 9.6))
-    for bad in ("jpeg-420", "nope=1", "aecodec=0,3", "jpeg-420=a", "jpeg-420=2.5"):
+    assert B.parse_grid("aecodec=1,5.5,6.25,8") == ("aecodec", (1, 5.5, 6.25, 8))  # between levels too
+    assert [type(q) for q in B.parse_grid("aecodec=2.0,2.5")[1]] == [int, float]
+    for bad in ("jpeg-420", "nope=1", "aecodec=0,3", "aecodec=8.5", "aecodec=5.555", "jpeg-420=a", "jpeg-420=2.5"):
         with pytest.raises(B.BenchUsageError):
             B.parse_grid(bad)
     with pytest.raises(B.BenchUsageError):

@@ -70,13 +70,31 @@ def test_no_overwrite_without_force(work):
     assert r.exit_code == 0 and (work / "photo.aec").read_bytes()[:4] == b"\x8aAEC"
 
 
-@pytest.mark.parametrize("q", ["0", "9", "999", "x", "2.5"])
+@pytest.mark.parametrize("q", ["0", "9", "999", "x", "8.5", "0.5", "6.555", "6.", "-1", "nan", "1e0"])
 def test_bad_quality_is_usage_error(work, q):
     r = run("compress", work / "photo.png", "-q", q)
     assert r.exit_code == 2
-    assert "the quality is a whole number from 1 to 8" in r.stderr, r.stderr
-    assert r.stderr == f"aecodec compress: error: Invalid value for '-q' / '--quality': '{q}': the quality is a whole number from 1 to 8 (see aecodec compress --help)\n"
+    assert r.stderr == (f"aecodec compress: error: Invalid value for '-q' / '--quality': '{q}': the quality is a "
+                        "number from 1 to 8, at most two decimals (6, 6.5, 6.25) (see aecodec compress --help)\n")
     assert not (work / "photo.aec").exists()
+
+
+def test_quality_between_levels(work):
+    import aecodec
+
+    r = run("compress", work / "photo.png", "-q", "6.5", "-o", work / "a.aec")
+    assert r.exit_code == 0 and ", q6.5, " in r.stderr, r.output
+    data = (work / "a.aec").read_bytes()
+    assert data == aecodec.compress(np.asarray(Image.open(work / "photo.png")), quality=6.5)
+    assert "quality   6.5\n" in run("info", work / "a.aec").output
+    assert json.loads(run("info", work / "a.aec", "--json").output)["quality"] == 6.5
+    r = run("compress", work / "photo.png", "-q", ".25", "-o", work / "b.aec")  # under 1
+    assert r.exit_code == 2
+    r = run("compress", work / "photo.png", "-q", "1.05", "-o", work / "b.aec")
+    assert r.exit_code == 0 and aecodec.info((work / "b.aec").read_bytes())["quality"] == 1.05
+    r = run("decompress", work / "a.aec", "-o", work / "a.png")
+    assert r.exit_code == 0 and np.array_equal(np.asarray(Image.open(work / "a.png")),
+                                               np.asarray(aecodec.decompress(data)))
 
 
 @pytest.mark.parametrize("args, prog, says", [
@@ -240,6 +258,22 @@ def test_info_says_a_quality_the_model_lacks_cannot_decode(work, quality):
     assert "cannot be decoded" in run("info", work / "bad.aec").output
     r = run("decompress", work / "bad.aec")
     assert r.exit_code == 1 and f"quality {quality} not in 1..8" in r.stderr
+
+
+def test_info_says_a_quality_above_the_top_level_cannot_decode(work):
+    """8.5: QFRC on the top level (no level above it to interpolate toward)."""
+    import struct
+    import zlib
+
+    run("compress", work / "photo.png", "-q", "7.5")
+    b = bytearray((work / "photo.aec").read_bytes())
+    b[7 + b[6]] = 8
+    b[-4:] = struct.pack(">I", zlib.crc32(bytes(b[:-4])))
+    (work / "bad.aec").write_bytes(bytes(b))
+    d = json.loads(run("info", work / "bad.aec", "--json").output)
+    assert d["quality"] == 8.5 and d["decodable"] is False and "not between levels" in d["quality_problem"]
+    r = run("decompress", work / "bad.aec")
+    assert r.exit_code == 1 and "quality 8.5 not in 1..8" in r.stderr and not (work / "bad.png").exists()
 
 
 def test_stdin_stdout(work):
@@ -679,8 +713,15 @@ def test_max_size_picks_the_quality(work):
     img = np.asarray(Image.open(work / "photo.png"))
     sizes = {q: len(aecodec.compress(img, quality=q)) for q in (2, 3, 4, 5, 8)}
     r = run("compress", work / "photo.png", "--max-size", str(sizes[3] + 1), "-o", work / "a.aec")
-    assert r.exit_code == 0 and ", q3, " in r.stderr, r.output
-    assert (work / "a.aec").read_bytes() == aecodec.compress(img, quality=3)
+    q = aecodec.info((work / "a.aec").read_bytes())["quality"]
+    assert r.exit_code == 0 and 3 <= q < 4 and f", q{q}, " in r.stderr, r.output
+    assert (work / "a.aec").read_bytes() == aecodec.compress(img, quality=q)
+    assert (work / "a.aec").stat().st_size <= sizes[3] + 1
+    budget = (sizes[4] + sizes[5]) // 2  # between two levels: the hundredths that fit
+    r = run("compress", work / "photo.png", "--max-size", str(budget), "-o", work / "f.aec")
+    q = aecodec.info((work / "f.aec").read_bytes())["quality"]
+    assert r.exit_code == 0 and 4 < q < 5 and (work / "f.aec").stat().st_size <= budget, (q, r.output)
+    assert len(aecodec.compress(img, quality=round(q + 0.01, 2))) > budget
     r = run("compress", work / "photo.png", "--max-size", "10M", "-o", work / "b.aec")  # alone: up to 8
     assert r.exit_code == 0 and aecodec.info((work / "b.aec").read_bytes())["quality"] == 8
     r = run("compress", work / "photo.png", "--max-size", "10M", "-q", "2", "-o", work / "c.aec")  # -q caps

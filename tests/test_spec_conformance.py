@@ -29,6 +29,7 @@ def _files(photo_crops):
         "grey 80x48 q4": aecodec.compress(Image.fromarray(p[:48, :80]).convert("L"), quality=4),
         "rgba 70x50 q6": aecodec.compress(rgba, quality=6),
         "1x1 q3": aecodec.compress(p[:1, :1], quality=3),
+        "rgb 96x64 q7.25 (QFRC)": aecodec.compress(p[:64, :96], quality=7.25),
     }
 
 
@@ -130,3 +131,27 @@ def test_both_decoders_judge_the_side_chunks_and_strings_alike(files):
         theirs = spec.decode(data, weights_dir())
         assert "icc_profile" not in ours.info and theirs["icc"] is None
         assert np.array_equal(np.asarray(ours), theirs["pixels"])
+
+
+def test_both_decoders_judge_a_quality_between_levels_alike(files):
+    """QFRC: the interpolated inverse gain as FORMAT.md writes it, and the same refusals."""
+    good = files["rgb 96x64 q7.25 (QFRC)"]
+    n = good[6]
+    assert aecodec.info(good)["quality"] == 7.25 and b"QFRC" in aecodec.format.unpack(good).chunks
+    at = good.index(b"QFRC")
+
+    def qfrc(body: bytes, level: int = 7) -> bytes:
+        data = good[:7 + n] + bytes([level]) + good[8 + n:at] + b"QFRC" + struct.pack(">I", len(body)) + body
+        return _refit_crc(data + good[at + 9:-4] + good[-4:])
+
+    assert qfrc(b"\x19") == good  # (the helper rebuilds the file exactly)
+    other = qfrc(b"\x4b")  # 7.75: decodes, to other pixels, alike in both decoders
+    a = np.asarray(aecodec.decompress(other, precision="float64"))
+    assert np.array_equal(a, spec.decode(other, weights_dir())["pixels"])
+    assert not np.array_equal(a, np.asarray(aecodec.decompress(good, precision="float64")))
+    for body, level in [(b"\x00", 7), (b"\x64", 7), (b"\x19\x00", 7), (b"", 7), (b"\x19", 8), (b"\x19", 0)]:
+        data = qfrc(body, level)
+        with pytest.raises(aecodec.FormatError):
+            aecodec.decompress(data)
+        with pytest.raises(spec.SpecError):
+            spec.decode(data, weights_dir())

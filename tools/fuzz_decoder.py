@@ -63,6 +63,7 @@ def seed_files() -> List[bytes]:
         aecodec.compress(Image.fromarray(np.dstack([_photo(70, 5)[:, :, 0], _photo(70, 5)[:, :, 1]]), "LA"), quality=2),
         aecodec.compress(rgb, quality=4),
         aecodec.compress(_photo(1, 300, 4), quality=5),
+        aecodec.compress(_photo(40, 72, 5), quality=7.5),  # between two levels: a QFRC chunk
     ]
     seeds.append(with_guard_entries(seeds[1], 5))
     return seeds
@@ -198,8 +199,8 @@ def mutate(rng: random.Random, seeds: List[bytes]) -> Tuple[bytes, bool]:
             i, j = rng.sample(range(len(chunks)), 2)
             chunks[i] = (chunks[i][0], chunks[j][1])
         elif k == 3:
-            tag = rng.choice((b"ALPH", b"YIDX", b"iCCP", b"note", b"ZZZZ", b"\x00\x00\x00\x00"))
-            chunks.append((tag, _garbage(rng, rng.choice((0, 4, 5, 9, 100)))))
+            tag = rng.choice((b"ALPH", b"YIDX", b"QFRC", b"iCCP", b"note", b"ZZZZ", b"\x00\x00\x00\x00"))
+            chunks.append((tag, _garbage(rng, rng.choice((0, 1, 4, 5, 9, 100)))))
         else:
             rng.shuffle(chunks)
         return _assemble(head, chunks), True
