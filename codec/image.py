@@ -139,8 +139,9 @@ def _cmyk_to_rgb(im: Image.Image, icc: Optional[bytes], notes: List[str]) -> Ima
     return im.convert("RGB")
 
 
-def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> Planes:
-    """Convert a PIL image (any mode) to planes, applying its EXIF orientation.
+def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None, orient: bool = True) -> Planes:
+    """Convert a PIL image (any mode) to planes, applying its EXIF orientation (unless not
+    ``orient``: Pillow's ``im.save`` keeps the pixels as they are).
 
     ``raw_modes``: the file's sample layouts (``im.tile`` before ``load()``
     empties it), to tell 16-bit colour files from 8-bit ones.
@@ -155,7 +156,8 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None) -> P
     except Exception:  # n_frames reads the whole file; a broken later frame is not this frame's problem
         pass
     try:
-        im = ImageOps.exif_transpose(im)
+        if orient:
+            im = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not stop the image from being coded
         notes.append("unreadable EXIF orientation ignored")
     icc = im.info.get("icc_profile") or None
@@ -268,7 +270,8 @@ def planes_from_array(arr: np.ndarray) -> Planes:
 _PIL_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 
 
-def to_planes(image) -> Planes:
+def to_planes(image, orient: bool = True) -> Planes:
+    """Planes of a PIL image (its EXIF orientation applied, unless not ``orient``) or an array."""
     if isinstance(image, Image.Image):
         raw_modes = _raw_modes(image)  # before load() forgets them
         try:  # a lazily opened file that turns out truncated or corrupt, or closed: said as such
@@ -276,7 +279,7 @@ def to_planes(image) -> Planes:
         except _PIL_READ_ERRORS + (AssertionError,) as e:
             raise ImageError(f"cannot read the image ({_one_line(e)})") from None
         try:
-            p = planes_from_pil(image, raw_modes)
+            p = planes_from_pil(image, raw_modes, orient)
         except (OSError, SyntaxError, EOFError) as e:  # e.g. a broken later frame read for n_frames
             raise ImageError(f"cannot read the image ({_one_line(e)})") from None
     elif isinstance(image, np.ndarray):

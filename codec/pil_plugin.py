@@ -63,12 +63,30 @@ class AecImageFile(ImageFile.ImageFile):
 
 
 def _save(im: Image.Image, fp, filename) -> None:
-    """``im.save("x.aec", quality=6)``: Pillow's ``quality`` is aecodec's level (1..8, default 6)."""
-    from .api import DEFAULT_QUALITY, compress
+    """``im.save("x.aec", quality=6)``: Pillow's ``quality`` is aecodec's (1..8 in steps of 0.01,
+    default 6).  As Pillow's own writers do, the pixels are stored as they are (no EXIF
+    orientation applied: Pillow keeps a source's EXIF on rotated or cropped copies), with the
+    ``icc_profile=`` given, else the image's own."""
+    from .api import DEFAULT_QUALITY, MAX_ICC_BYTES, check_quality, compress_planes
+    from .image import to_planes, warn_notes
 
-    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    quality = im.encoderinfo.get("quality")
     try:
-        data = compress(im, quality=quality)
+        if quality is None:
+            quality = DEFAULT_QUALITY
+        elif not isinstance(quality, bool) and isinstance(quality, (int, float)) and 8 < quality <= 100:
+            raise ValueError(f"quality must be from 1 to 8, got {quality!r} (aecodec's scale is 1..8, "
+                             "not JPEG's 0..100)")
+        check_quality(quality)
+        planes = to_planes(im, orient=False)
+        if "icc_profile" in im.encoderinfo:
+            icc = im.encoderinfo["icc_profile"]
+            planes.icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
+            if planes.icc and len(planes.icc) > MAX_ICC_BYTES:
+                planes.notes.append(f"ICC profile of {len(planes.icc)} bytes dropped (limit {MAX_ICC_BYTES})")
+                planes.icc = None
+        warn_notes(planes, stacklevel=4)
+        data = compress_planes(planes, quality)
     except ValueError as e:  # a bad quality, an image the format cannot hold: same class (ImageError, SizeError ...)
         try:
             err = type(e)(f"cannot save as .aec: {e}")

@@ -175,9 +175,13 @@ def test_pillow_saves_aec(tmp_path):
         assert im.size == (40, 48) and im.format == "AEC"
     Image.fromarray(x).save(tmp_path / "d.aec")
     assert aecodec.info((tmp_path / "d.aec").read_bytes())["quality"] == aecodec.api.DEFAULT_QUALITY
-    with pytest.raises(ValueError, match="quality"):
+    with pytest.raises(ValueError, match="quality must be from 1 to 8, got 95 .aecodec's scale is 1..8, not JPEG's"):
         Image.fromarray(x).save(tmp_path / "bad.aec", quality=95)
     assert not (tmp_path / "bad.aec").exists()
+    Image.fromarray(x).save(tmp_path / "n.aec", quality=None)  # (some wrappers pass None: the default)
+    assert aecodec.info((tmp_path / "n.aec").read_bytes())["quality"] == aecodec.api.DEFAULT_QUALITY
+    Image.fromarray(x).save(tmp_path / "h.aec", quality=2.5)
+    assert aecodec.info((tmp_path / "h.aec").read_bytes())["quality"] == 2.5
     # save_all of a single frame is a plain save; of several frames, a clear refusal
     Image.fromarray(x).save(tmp_path / "all.aec", save_all=True, quality=3)
     assert (tmp_path / "all.aec").read_bytes() == (tmp_path / "x.aec").read_bytes()
@@ -188,6 +192,41 @@ def test_pillow_saves_aec(tmp_path):
     with pytest.raises(ValueError, match="2 frames"):
         frames[0].save(tmp_path / "anim.aec", save_all=True, append_images=frames[1:])
     assert not (tmp_path / "anim.aec").exists()
+
+
+def test_pillow_save_stores_the_pixels_as_they_are(tmp_path):
+    """im.save() keeps im's pixels, as Pillow's own writers do: a photo's EXIF orientation,
+    which Pillow keeps on rotated copies, is not applied again (it was: rotated twice); the
+    API and the command line, which read files, still apply it.  icc_profile= is used."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    x = (np.arange(64 * 96 * 3) % 251).astype(np.uint8).reshape(64, 96, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    jpeg = Image.open(io.BytesIO(buf.getvalue()))
+    assert jpeg.size == (96, 64)
+    upright = jpeg.rotate(-90, expand=True)  # the user's own rotation; Pillow keeps info["exif"]
+    assert "exif" in upright.info and upright.size == (64, 96)
+    upright.save(tmp_path / "u.aec")
+    jpeg.save(tmp_path / "j.aec")
+    with Image.open(tmp_path / "u.aec") as u, Image.open(tmp_path / "j.aec") as j:
+        assert u.size == (64, 96) and j.size == (96, 64)  # as .png would store them
+        ref = np.asarray(upright.convert("RGB"), float)
+        assert 10 * np.log10(255**2 / np.mean((np.asarray(u.convert("RGB"), float) - ref) ** 2)) > 25
+    assert aecodec.decompress(aecodec.compress(jpeg)).size == (64, 96)  # the API applies the orientation
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(x).save(tmp_path / "i.aec", icc_profile=icc)
+    with Image.open(tmp_path / "i.aec") as im:
+        assert im.info.get("icc_profile") == icc
+    tagged = Image.fromarray(x)
+    tagged.info["icc_profile"] = icc
+    tagged.save(tmp_path / "none.aec", icc_profile=None)  # given as None: dropped, as Pillow's writers do
+    with Image.open(tmp_path / "none.aec") as im:
+        assert "icc_profile" not in im.info
 
 
 def test_pillow_plugin_closes_the_file_and_names_damage(tmp_path):

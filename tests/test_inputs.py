@@ -435,7 +435,7 @@ def test_saving_through_pillow_keeps_the_error_class(tmp_path, photo, monkeypatc
     def too_big(*a, **k):
         raise aecodec.SizeError("too big")
 
-    monkeypatch.setattr(api, "compress", too_big)
+    monkeypatch.setattr(api, "compress_planes", too_big)
     with pytest.raises(aecodec.SizeError, match="cannot save as .aec: too big"):
         Image.fromarray(photo).save(tmp_path / "x.aec")
 
