@@ -71,7 +71,8 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
     """Benchmark aecodec against JPEG, WebP, AVIF, HEVC intra, JPEG XL and JPEG 2000.
 
     Measures rate (bpp from the real files), PSNR-RGB, MS-SSIM, encode/decode time
-    and memory on every image of DATASET_DIR, and writes CompressAI-format JSON,
+    and memory on every lossless image (PNG, PPM, PGM, BMP, TIFF) directly in
+    DATASET_DIR (others are left out, with a note), and writes CompressAI-format JSON,
     RD plots, BD-rate tables and RESULTS.md into OUT. Points already measured
     (same codec version or weights, same image) are reused, so an interrupted run
     resumes where it stopped.
@@ -120,8 +121,9 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
     def progress(total=0, desc=""):
         from tqdm import tqdm
 
+        tty = sys.stderr.isatty()  # into a log file: a line every 30 s, not a frame per point
         return tqdm(total=total, desc=desc, unit="pt" if desc == "points" else "run", file=sys.stderr,
-                    disable=quiet, dynamic_ncols=True, leave=True)
+                    disable=quiet, dynamic_ncols=True, leave=True, mininterval=0.1 if tty else 30)
 
     def log(msg: str) -> None:
         if not quiet:

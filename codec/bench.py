@@ -673,13 +673,23 @@ class ImageItem:
     height: int
 
 
-def list_images(dataset: Path) -> List[ImageItem]:
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".gif")
+
+
+def list_images(dataset: Path, log: Callable[[str], None] = lambda s: None) -> List[ImageItem]:
+    """The lossless images (IMAGE_SUFFIXES) directly in ``dataset``; what is left out is said
+    through ``log`` in one line."""
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise BenchError(f"{dataset}: not a directory")
     items = []
+    lossy, other, folders = [], [], []
     for p in sorted(dataset.iterdir()):
+        if p.is_dir():
+            folders.append(p.name)
+            continue
         if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            (lossy if p.suffix.lower() in LOSSY_SUFFIXES else other).append(p.name)
             continue
         blob = p.read_bytes()
         try:
@@ -689,9 +699,27 @@ def list_images(dataset: Path) -> List[ImageItem]:
             why = "" if isinstance(e, UnidentifiedImageError) else f" ({' '.join(str(e).split())[:120]})"
             raise BenchError(f"{p}: not an image Pillow can read{why}") from None
         items.append(ImageItem(p, p.name, hashlib.sha256(blob).hexdigest()[:16], w, h))
+    left = []
+    if lossy:
+        left.append(f"{_count(lossy, 'lossy image')} ({_names(lossy)}: a lossy source is not a reference; "
+                    "convert to PNG to include it)")
+    if other:
+        left.append(f"{_count(other, 'other file')} ({_names(other)})")
+    if folders:
+        left.append(f"{_count(folders, 'folder')} ({_names(folders)}: not searched)")
+    if left:
+        log(f"{dataset}: left out " + "; ".join(left))
     if not items:
         raise BenchError(f"{dataset}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return items
+
+
+def _count(names: List[str], what: str) -> str:
+    return f"{len(names)} {what}{'' if len(names) == 1 else 's'}"
+
+
+def _names(names: List[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def load_rgb(path) -> np.ndarray:
@@ -1017,7 +1045,7 @@ def run_bench(cfg: BenchConfig, progress=None, log: Callable[[str], None] = lamb
     started = time.time()
     out = Path(cfg.out)
     check_out_dir(out, Path(cfg.dataset))
-    images = list_images(cfg.dataset)
+    images = list_images(cfg.dataset, log)
     if not cfg.measure and not (out / "per-image").is_dir():
         raise BenchError(f"nothing is stored in {out} to report: run without --report-only")
     out.mkdir(parents=True, exist_ok=True)
@@ -1662,9 +1690,10 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
     L.append("\n## Speed\n")
     L.append("Per image, averaged over every image and quality point of each codec; one thread per worker, "
              f"{cfg.jobs} worker(s) side by side. Memory: the largest rise of the worker's peak RSS during one "
-             "encode / decode (over the RSS just before it). msh-random is compressai's "
-             "MeanScaleHyperprior(128, 192) with random weights (the size of aecodec's default model), run on the "
-             "same images in the same run; its rate and quality mean nothing.\n")
+             "encode / decode (over the RSS just before it)."
+             + (" msh-random is compressai's MeanScaleHyperprior(128, 192) with random weights (the size of "
+                "aecodec's default model), run on the same images in the same run; its rate and quality mean "
+                "nothing." if "msh-random" in speed else "") + "\n")
     L.append(_md_table(["codec", "points", "encode s/image", "decode s/image", "encode Mpx/s", "decode Mpx/s",
                         "encode +MiB", "decode +MiB"],
                        [[n, str(s["points"]), _fmt(s["enc_s"], ".3f"), _fmt(s["dec_s"], ".3f"),

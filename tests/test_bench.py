@@ -341,6 +341,35 @@ def test_bench_usage_and_data_errors(tmp_path, crops_dir):
     assert r.exit_code == 1 and "no images" in r.output
 
 
+def test_list_images_says_what_it_leaves_out(tmp_path, crops_dir):
+    """Only lossless sources are measured; a JPEG, another file or a subfolder is not silently
+    dropped: one line names them."""
+    import shutil
+
+    d = tmp_path / "mixed"
+    shutil.copytree(crops_dir, d, ignore=shutil.ignore_patterns("*.txt"))
+    Image.new("RGB", (32, 32)).save(d / "phone.jpg")
+    (d / "notes.txt").write_text("x")
+    (d / "sub").mkdir()
+    said = []
+    items = B.list_images(d, said.append)
+    assert [i.name for i in items] == [i.name for i in B.list_images(crops_dir)]
+    assert said == [f"{d}: left out 1 lossy image (phone.jpg: a lossy source is not a reference; convert to PNG "
+                    "to include it); 1 other file (notes.txt); 1 folder (sub: not searched)"]
+    said.clear()
+    (d / "phone.jpg").unlink(), (d / "notes.txt").unlink(), (d / "sub").rmdir()
+    B.list_images(d, said.append)
+    assert said == []
+    only = tmp_path / "jpegs"
+    only.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8)).save(only / f"{i}.jpg")
+    with pytest.raises(B.BenchError, match="no images"):
+        B.list_images(only, said.append)
+    assert said == [f"{only}: left out 5 lossy images (0.jpg, 1.jpg, 2.jpg, ... (2 more): a lossy source is not a "
+                    "reference; convert to PNG to include it)"]
+
+
 def test_bench_never_overwrites_what_it_did_not_write(tmp_path, crops_dir):
     quick = ["--codecs", "jpeg-420", "--points", "2", "--no-coldstart", "--scaling-sizes", "none", "--no-reference",
              "--quiet"]
