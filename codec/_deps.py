@@ -5,7 +5,7 @@ transform registry, which aecodec never uses.  The only torchvision that pip
 pairs with the CPU build of torch 2.13 fails at import time ("operator
 torchvision::nms does not exist").  When (and only when) the real torchvision
 cannot be imported, empty stand-in modules are installed so that compressai
-imports and works fully.
+imports and works fully, and removed from ``sys.modules`` afterwards.
 
 compressai 1.2.8 also imports ``torch_geometric`` at top level (point-cloud
 datasets and transforms), which imports ``torch._dynamo``: about 2.5 s of a
@@ -83,6 +83,14 @@ def import_compressai():
         import torchvision.transforms  # noqa: F401
     except Exception:  # RuntimeError from a CUDA-only torchvision, or ImportError
         _stub_torchvision()
+        try:
+            return _import_compressai()
+        finally:  # the stand-ins served compressai only: a later ``import torchvision`` says what is wrong
+            _forget(["torchvision"])
+    return _import_compressai()
+
+
+def _import_compressai():
     if _HOLLOW not in sys.modules:
         finder = _HollowFinder()
         sys.meta_path.insert(0, finder)

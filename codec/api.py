@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .format import Container, FormatError, Header, join_quality, pack, unpack
+from .format import AecodecError, Container, FormatError, Header, join_quality, pack, unpack
 from .image import Planes, check_size, pixel_limit, pixels_in_words, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -71,7 +71,7 @@ def _to_uint8(x_hat, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().numpy()
 
 
-class SizeError(ValueError):
+class SizeError(AecodecError, ValueError):
     """No quality level gives a file as small as asked (``compress_to_size``)."""
 
 

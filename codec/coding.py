@@ -25,6 +25,7 @@ This is the model's ``compress``/``decompress`` made safe and bounded:
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -53,6 +54,16 @@ def _torch():
     import torch
 
     return torch
+
+
+def _exact(f):
+    """Run ``f`` with the caller's CPU autocast (e.g. bfloat16) switched off: the bytes and
+    pixels must not depend on a context the caller happened to be in."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        with _torch().autocast("cpu", enabled=False):
+            return f(*args, **kwargs)
+    return run
 
 
 def _cache(model) -> dict:
@@ -118,6 +129,7 @@ class Params:
     finite: bool = True  # h_s gave finite scales and means (float64)
 
 
+@_exact
 def entropy_parameters(model, z_hat, tol: float, tile: int = tiling.TILE) -> Params:
     """Scale indexes and means from z_hat (1 x N x Hz x Wz float32), in float64, tile by tile.
 
@@ -203,6 +215,7 @@ def unpack_guard(blob: bytes, n_latents: int, n_tables: int) -> Tuple[np.ndarray
 
 # -- encoder ------------------------------------------------------------------------------------------
 
+@_exact
 def analysis(model, rgb_padded: np.ndarray, gain, tile: int = tiling.TILE):
     """y = g_a(x) * gain, tile by tile; rgb_padded is H x W x 3 uint8 with H, W multiples of 64."""
     torch = _torch()
@@ -224,6 +237,7 @@ def analysis(model, rgb_padded: np.ndarray, gain, tile: int = tiling.TILE):
     return y, n
 
 
+@_exact
 def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, analysed=None,
            frac: int = 0) -> Encoded:
     """Entropy-code one padded image (H x W x 3 uint8, multiples of 64) at level index ``level``
@@ -262,6 +276,7 @@ def encode(model, rgb_padded: np.ndarray, level: int, tile: int = tiling.TILE, a
 
 # -- decoder ------------------------------------------------------------------------------------------
 
+@_exact
 def decode_latents(model, z_string: bytes, y_string: bytes, guard: bytes, z_shape: Tuple[int, int],
                    tile: int = tiling.TILE):
     """(y_hat float32 1 x M x Hy x Wy, Params) from the strings; FormatError on anything invalid."""
@@ -299,6 +314,7 @@ def decode_latents(model, z_string: bytes, y_string: bytes, guard: bytes, z_shap
     return y_hat, p
 
 
+@_exact
 def synthesis(model, y_scaled, height: int, width: int, precision: str = "float32",
               tile: int = tiling.TILE) -> np.ndarray:
     """x = g_s(y_scaled) clamped, rounded to 8 bits, cropped to height x width (H x W x 3 uint8)."""

@@ -50,7 +50,13 @@ MAX_DIMENSION = (65535 // 4) * 64  # 1,048,512 pixels per side
 _FIXED_MIN = 4 + 1 + 1 + 1 + 1 + 1 + 1 + 4 + 4 + 8 + 1 + 4
 
 
-class FormatError(ValueError):
+class AecodecError(Exception):
+    """Base of every error aecodec raises about data, images, sizes, weights or its decoder
+    (``except aecodec.AecodecError``); each is also a ValueError or RuntimeError as before.
+    Wrong argument types are TypeError, bad argument values (a quality of 9) ValueError."""
+
+
+class FormatError(AecodecError, ValueError):
     """The data is not a valid .aec file (or was made by a model this aecodec lacks)."""
 
 

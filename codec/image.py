@@ -33,10 +33,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .format import AecodecError
+
 MAX_ICC_BYTES = 16 * 2**20  # a larger "profile" is dropped with a warning
 
 
-class ImageError(ValueError):
+class ImageError(AecodecError, ValueError):
     """The input is not an image aecodec can read."""
 
 

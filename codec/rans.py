@@ -24,10 +24,16 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
-from .format import FormatError
+from .format import AecodecError, FormatError
+
+
+class DecoderUnavailable(AecodecError, RuntimeError):
+    """The entropy decoder's worker process cannot run in this interpreter (an embedded or
+    frozen Python whose ``sys.executable`` is not a Python): not the file's fault."""
 
 # Largest magnitude of a symbol (value - offset) either side accepts.  Real
 # latents are a few hundred at most; the limit keeps compressai's bypass coder
@@ -98,9 +104,45 @@ def encode(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> bytes:
     return enc.flush()
 
 
+def _interpreter() -> str:
+    """The Python that runs the worker: this one (or, in a virtual environment whose
+    executable is gone, its base; the worker needs only the standard library)."""
+    if getattr(sys, "frozen", False):
+        raise DecoderUnavailable("cannot decode in a frozen application: aecodec's entropy decoder runs in a "
+                                 "Python worker process (see aecodec.rans)")
+    for exe in (sys.executable, getattr(sys, "_base_executable", None)):
+        if exe and os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    raise DecoderUnavailable(f"cannot decode here: aecodec's entropy decoder runs in a Python worker process, "
+                             f"and sys.executable ({sys.executable!r}) is not a Python it can start")
+
+
 def _worker_command():
     so = _ans().__file__
-    return [sys.executable, "-I", "-S", "-B", str(_WORKER), so]
+    return [_interpreter(), "-I", "-S", "-B", str(_WORKER), so]
+
+
+_worker_works: List[bool] = []  # [True] once a known-good string decoded in this process
+
+
+def _check_worker(problem: str) -> None:
+    """Before calling a string corrupt because the worker failed on it: does the worker decode
+    a string known to be good?  DecoderUnavailable if not (once per process at most)."""
+    if _worker_works:
+        return
+    tables = Tables(np.array([[0, 16384, 49152, 65536]], np.int32), np.array([4], np.int32), np.array([0], np.int32))
+    tables._lists = (tables.cdf.tolist(), tables.lengths.tolist(), tables.offsets.tolist())
+    symbols = np.array([0, 1, 1, 0, 1], np.int32)
+    try:
+        good = _decode(encode(symbols, np.zeros(5, np.uint16), tables), np.zeros(5, np.uint16), tables, "probe", 20.0)
+        ok = np.array_equal(good, symbols)
+    except (FormatError, OSError):
+        ok = False
+    if not ok:
+        raise DecoderUnavailable(f"aecodec's entropy decoder does not work here: its worker process "
+                                 f"({' '.join(_worker_command()[:1])} -I -S ...) fails on a known-good string too "
+                                 f"(on this file: {problem})")
+    _worker_works.append(True)
 
 
 def decode(string: bytes, indexes: np.ndarray, tables: Tables, what: str = "payload") -> np.ndarray:
@@ -116,13 +158,33 @@ def decode(string: bytes, indexes: np.ndarray, tables: Tables, what: str = "payl
         if string:
             raise FormatError(f"corrupt {what}: data where no symbols are coded")
         return np.zeros(0, np.int32)
+    try:
+        symbols = _decode(string, indexes, tables, what)
+    except FormatError as e:
+        _check_worker(str(e))  # the worker's own failure is not the file's
+        raise
+    if encode(symbols, indexes, tables) != bytes(string):
+        raise FormatError(f"corrupt {what}: the entropy-coded data is not a valid encoding "
+                          "(damaged, truncated or not made by aecodec)")
+    return symbols
+
+
+def _decode(string: bytes, indexes: np.ndarray, tables: Tables, what: str, timeout=None) -> np.ndarray:
+    """The worker's symbols for ``string`` (not yet checked by re-encoding); FormatError when it
+    crashes, hangs, fails or answers out of range; DecoderUnavailable when it cannot start."""
+    n = int(indexes.size)
     header = b"AECR" + np.array([1], "=u4").tobytes() + np.array([n], "=u8").tobytes() + \
         np.array([len(string), tables.n, tables.cdf.shape[1], CHUNK], "=u4").tobytes()
     request = b"".join([header, tables.cdf.astype("=i4").tobytes(), tables.lengths.astype("=i4").tobytes(),
                         tables.offsets.astype("=i4").tobytes(), bytes(string), indexes.astype("=u2").tobytes()])
-    timeout = TIMEOUT_BASE_S + TIMEOUT_PER_SYMBOL_S * n
-    proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, close_fds=True)
+    timeout = timeout or TIMEOUT_BASE_S + TIMEOUT_PER_SYMBOL_S * n
+    command = _worker_command()
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True)
+    except OSError as e:
+        raise DecoderUnavailable(f"aecodec's entropy decoder cannot start its worker process ({command[0]}): "
+                                 f"{e.strerror or e}") from None
     try:
         out, err = proc.communicate(request, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -145,7 +207,4 @@ def decode(string: bytes, indexes: np.ndarray, tables: Tables, what: str = "payl
     symbols = np.frombuffer(out, dtype="=i4")
     if int(np.abs(symbols.astype(np.int64)).max()) >= SYMBOL_LIMIT:
         raise FormatError(f"corrupt {what}: decoded values out of range")
-    if encode(symbols, indexes, tables) != bytes(string):
-        raise FormatError(f"corrupt {what}: the entropy-coded data is not a valid encoding "
-                          "(damaged, truncated or not made by aecodec)")
     return symbols

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .format import FormatError
+from .format import AecodecError, FormatError
 
 ARCH = "gained-mean-scale-hyperprior"  # the shipped architecture
 # Buffers that hold the entropy coder's tables: computed once at export, stored,
@@ -24,7 +24,7 @@ ARCH = "gained-mean-scale-hyperprior"  # the shipped architecture
 TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(AecodecError, RuntimeError):
     """A weights file is missing, corrupted or does not match its manifest entry."""
 
 
@@ -104,6 +104,7 @@ def build_model(meta: Dict, state: Dict):
     if cls is None:
         raise WeightsError(f"unknown architecture {meta.get('architecture')!r}")
     model = cls(N=int(meta["N"]), M=int(meta["M"]), lambdas=json.loads(meta["lambdas"]))
+    model.float()  # float32 whatever the caller's torch.set_default_dtype
     model.load_state_dict(state)
     model.eval()
     for p in model.parameters():
@@ -166,8 +167,30 @@ def loaded_models() -> int:
     return len(_cache)
 
 
+def _one_thread_after_fork() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # never let the hook break a fork
+        pass
+
+
+_fork_hook: List[bool] = []
+
+
+def _install_fork_hook() -> None:
+    """A child forked from a process whose torch has run (OpenMP's thread pool started) hangs
+    on its first parallel operation (multiprocessing's fork pools, gunicorn --preload): the
+    child's torch runs on one thread instead."""
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_one_thread_after_fork)
+        _fork_hook.append(True)
+
+
 def load_model(model_id: Optional[str] = None):
     """The model for ``model_id`` (default: the current release), loaded once per process."""
+    _install_fork_hook()
     manifest = read_manifest()
     model_id = model_id or manifest["default"]
     with _lock:

@@ -297,3 +297,74 @@ def test_save_plan_refuses_what_a_format_cannot_hold():
     assert save_plan("PNG", "RGBA", icc=True).keep_icc
     plan = save_plan("BMP", "RGB", icc=True)
     assert not plan.keep_icc and "ICC" in plan.warnings[0]
+
+
+EMBEDDED = r"""
+import json, os, sys
+import numpy as np
+import torch
+torch.set_default_dtype(torch.float64)  # before aecodec's first use: the model is still float32
+import aecodec
+img = (np.arange(48 * 80 * 3) % 251).astype(np.uint8).reshape(48, 80, 3)
+data = aecodec.compress(img, quality=3)
+px = np.asarray(aecodec.decompress(data))
+torch.set_default_dtype(torch.float32)
+with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast changes nothing
+    same = aecodec.compress(img, quality=3) == data
+    same_px = np.array_equal(np.asarray(aecodec.decompress(data)), px)
+pid = os.fork()  # torch's thread pool has run: a forked child used to hang here
+if pid == 0:
+    ok = aecodec.compress(img, quality=3) == data
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"hex": data.hex(), "same": same, "same_px": same_px, "child": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_host_application_cannot_change_the_bytes_or_hang_it():
+    """torch.set_default_dtype(float64) before the first use, a caller's bfloat16 autocast and a
+    fork after use: the same bytes as here, and no hang (all three broke aecodec before)."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", EMBEDDED], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    img = (np.arange(48 * 80 * 3) % 251).astype(np.uint8).reshape(48, 80, 3)
+    assert bytes.fromhex(got["hex"]) == aecodec.compress(img, quality=3)
+    assert got["same"] and got["same_px"] and got["child"] == 0, got
+
+
+def test_one_base_class_for_aecodec_errors():
+    for cls, also in [(aecodec.FormatError, ValueError), (aecodec.ImageError, ValueError),
+                      (aecodec.SizeError, ValueError), (aecodec.WeightsError, RuntimeError),
+                      (aecodec.rans.DecoderUnavailable, RuntimeError)]:
+        assert issubclass(cls, aecodec.AecodecError) and issubclass(cls, also), cls
+    with pytest.raises(aecodec.AecodecError):
+        aecodec.decompress(b"\x8aAEC junk")
+
+
+def test_a_worker_that_cannot_run_is_not_blamed_on_the_file(monkeypatch, photo_crops):
+    """The entropy decoder runs in a worker started with sys.executable: where that is not a
+    Python (uWSGI, an embedded interpreter), a valid file is not called corrupt."""
+    from aecodec import rans
+    from aecodec.format import pack, unpack
+
+    data = aecodec.compress(photo_crops[0][:64, :64], quality=2)
+    c = unpack(data)  # a valid container whose y string is cut short: the worker fails on it
+    bad = pack(c.header, [(t, b[:-4] if t == b"YSTR" else b) for t, b in c.chunks.items()])
+    monkeypatch.setattr(rans, "_worker_works", [])
+    monkeypatch.setattr(sys, "executable", "/bin/true")  # runs, answers nothing
+    with pytest.raises(rans.DecoderUnavailable, match="fails on a known-good string too"):
+        aecodec.decompress(data)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(sys, "_base_executable", "/nonexistent/python3", raising=False)
+    with pytest.raises(rans.DecoderUnavailable, match="not a Python it can start"):
+        aecodec.decompress(data)
+    monkeypatch.undo()
+    monkeypatch.setattr(rans, "_worker_works", [])
+    with pytest.raises(aecodec.FormatError, match="corrupt YSTR"):  # a damaged file is still the file's fault
+        aecodec.decompress(bad)
+    rans._check_worker("a test")  # the real worker passes the probe, once
+    assert rans._worker_works == [True]
+    assert np.asarray(aecodec.decompress(data)).shape == (64, 64, 3)

@@ -13,6 +13,12 @@ from aecodec._deps import import_compressai
 import_compressai()
 assert "torch_geometric" not in sys.modules, "stand-ins left in sys.modules"
 assert "torch._dynamo" not in sys.modules, "torch_geometric's dynamo import still paid"
+try:  # a torchvision that fails to import (the CPU torch's pairing here) is not left hollow
+    import torchvision
+except Exception:
+    assert "torchvision" not in sys.modules
+else:
+    assert hasattr(torchvision, "__version__"), "a hollow torchvision stand-in was left in sys.modules"
 img = (np.arange(24 * 40 * 3) % 251).astype(np.uint8).reshape(24, 40, 3)
 assert aecodec.decompress(aecodec.compress(img, quality=1)).size == (40, 24)
 try:
