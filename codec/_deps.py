@@ -13,8 +13,11 @@ datasets and transforms), which imports ``torch._dynamo``: about 2.5 s of a
 already imported torch_geometric, compressai is imported with stand-ins for it,
 which are removed from ``sys.modules`` afterwards (a later real import of
 torch_geometric works normally; only compressai's point-cloud classes, never
-used here, are left hollow).  If that import fails for any reason, the real
-one is done instead.
+used here, are left hollow).  ``scipy.stats`` (0.9 s) and ``pandas`` (0.16 s)
+get the same treatment: compressai needs scipy.stats only when it builds CDF
+tables (``update()``, at export), and reaches it then through scipy's own lazy
+submodule loader, which imports the real one.  If that import fails for any
+reason, the real one is done instead.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import importlib.util
 import sys
 import types
 
-_HOLLOW = "torch_geometric"
+# Imported by compressai at top level, never used by aecodec's coding: torch_geometric (point-cloud
+# datasets, 2.5 s with torch._dynamo), scipy.stats (0.9 s; compressai calls scipy.stats.norm.ppf only
+# when it builds CDF tables, at export) and pandas (0.16 s, point-cloud datasets).
+_HOLLOW = ("torch_geometric", "scipy.stats", "pandas")
 
 
 class _Anything:
-    """Stands in for any torch_geometric name: a base class, a type, a decorator factory."""
+    """Stands in for any name of a hollow module: a base class, a type, a decorator factory."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -45,8 +51,11 @@ class _HollowModule(types.ModuleType):
 
 
 class _HollowFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, names):
+        self.names = tuple(names)
+
     def find_spec(self, name, path=None, target=None):
-        if name == _HOLLOW or name.startswith(_HOLLOW + "."):
+        if any(name == h or name.startswith(h + ".") for h in self.names):
             return importlib.util.spec_from_loader(name, self, is_package=True)
         return None
 
@@ -61,7 +70,10 @@ class _HollowFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _forget(prefixes) -> None:
     for name in [m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in prefixes)]:
-        del sys.modules[name]
+        module = sys.modules.pop(name)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and getattr(sys.modules[parent], child, None) is module:
+            delattr(sys.modules[parent], child)  # e.g. scipy.stats: scipy's own lazy loader brings the real one
 
 
 def _stub_torchvision() -> None:
@@ -91,8 +103,9 @@ def import_compressai():
 
 
 def _import_compressai():
-    if _HOLLOW not in sys.modules:
-        finder = _HollowFinder()
+    hollow = [h for h in _HOLLOW if h not in sys.modules]  # what the process already has is used as it is
+    if hollow:
+        finder = _HollowFinder(hollow)
         sys.meta_path.insert(0, finder)
         try:
             import compressai
@@ -102,7 +115,7 @@ def _import_compressai():
             _forget(["compressai"])
         finally:
             sys.meta_path.remove(finder)
-            _forget([_HOLLOW])
+            _forget(hollow)
     import compressai
 
     return compressai

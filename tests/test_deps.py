@@ -13,6 +13,7 @@ from aecodec._deps import import_compressai
 import_compressai()
 assert "torch_geometric" not in sys.modules, "stand-ins left in sys.modules"
 assert "torch._dynamo" not in sys.modules, "torch_geometric's dynamo import still paid"
+assert "scipy.stats" not in sys.modules and "pandas" not in sys.modules, "scipy.stats / pandas imported or left hollow"
 try:  # a torchvision that fails to import (the CPU torch's pairing here) is not left hollow
     import torchvision
 except Exception:
@@ -27,6 +28,14 @@ except ImportError:
     print("no torch_geometric installed")
 else:
     assert isinstance(T.BaseTransform, type) and T.BaseTransform.__module__.startswith("torch_geometric")
+# compressai builds CDF tables (export) with scipy.stats.norm.ppf: the real one, loaded then
+import torch
+from compressai.entropy_models import GaussianConditional
+g = GaussianConditional(None)
+g.update_scale_table(torch.tensor([0.11, 1.0, 10.0]), force=True)
+assert g._quantized_cdf.shape[0] == 3 and "scipy.stats" in sys.modules
+import scipy.stats, pandas
+assert abs(scipy.stats.norm.ppf(0.5)) < 1e-12 and hasattr(pandas, "DataFrame")
 print("ok")
 """
 
