@@ -568,7 +568,7 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
         data = compress_planes(planes, quality, max_pixels=max_pixels, max_bytes=max_bytes)
     except aecodec.SizeError as e:
         raise DataError(f"{inp}: cannot fit in {_human(max_bytes)}: {e}") from None
-    except (aecodec.WeightsError, ValueError) as e:  # ImageError, FormatError are ValueErrors
+    except (aecodec.AecodecError, ValueError) as e:  # WeightsError, ImageError, FormatError ...
         raise DataError(f"{inp}: {e}") from None
     _write_output(out, data, force)
     if not quiet:
@@ -585,8 +585,8 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
 @click.option("-d", "--out-dir", metavar="DIR", help="write the outputs into DIR, made if missing (default: next to each IN)")
 @click.option("-q", "--quality", type=_Quality(), default=DEFAULT_QUALITY, show_default=True, help=QUALITY_HELP)
 @click.option("--max-size", "max_size", type=_Size(), metavar="SIZE",
-              help="instead of -q: the best quality whose file is at most SIZE (e.g. 50000, 80k, 1.5M, "
-                   "100KiB); with -q, the best up to that level")
+              help="instead of -q: the best quality (to 0.01) whose file is at most SIZE (e.g. 50000, 80k, "
+                   "1.5M, 100KiB); with -q, the best up to that quality")
 @click.option("-f", "--force", is_flag=True, help="overwrite outputs that exist")
 @_max_pixels_option
 @click.option("--progress/--no-progress", default=None, help=PROGRESS_HELP)
@@ -672,9 +672,7 @@ def _decompress_one(inp: str, out: str, force: bool, quiet: bool, max_pixels, pr
                 say(f"aecodec: warning: {inp}: {w.message}")
             else:  # not ours: shown as Python would (through say: not across a progress bar)
                 say(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip())
-    except aecodec.FormatError as e:
-        raise DataError(f"{inp}: {e}") from None
-    except aecodec.WeightsError as e:
+    except aecodec.AecodecError as e:  # FormatError, WeightsError, DecoderUnavailable
         raise DataError(f"{inp}: {e}") from None
     for w in plan.warnings:
         say(f"aecodec: warning: {out}: {w}")
@@ -755,7 +753,7 @@ def info(file: str, as_json: bool, heatmap: Optional[str], force: bool):
         buf = io.BytesIO()
         try:
             draw_heatmap(raw, buf)
-        except aecodec.FormatError as e:
+        except aecodec.AecodecError as e:
             raise DataError(f"{file}: {e}") from None
         _write_output(heatmap, buf.getvalue(), force)
     if as_json:

@@ -121,7 +121,7 @@ def bench(dataset_dir: str, codecs: str, out: Optional[str], jobs: Optional[int]
     def progress(total=0, desc=""):
         from tqdm import tqdm
 
-        tty = sys.stderr.isatty()  # into a log file: a line every 30 s, not a frame per point
+        tty = sys.stderr.isatty()  # into a log file: an update about every 30 s, not one per point
         return tqdm(total=total, desc=desc, unit="pt" if desc == "points" else "run", file=sys.stderr,
                     disable=quiet, dynamic_ncols=True, leave=True, mininterval=0.1 if tty else 30)
 

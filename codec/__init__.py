@@ -5,8 +5,8 @@
     >>> image = aecodec.decompress(data)            # -> PIL.Image
 
 Every error about data, images, sizes or weights is an ``aecodec.AecodecError``
-(FormatError, ImageError, SizeError: also ValueError; WeightsError: also
-RuntimeError).  Decoding runs compressai's entropy decoder in a short-lived
+(FormatError, ImageError, SizeError: also ValueError; WeightsError and
+DecoderUnavailable: also RuntimeError).  Decoding runs compressai's entropy decoder in a short-lived
 worker process (``sys.executable``), so a crafted file cannot crash the caller.
 Calls may come from several threads; a process forked after aecodec was used
 runs torch on one thread (torch's OpenMP pool does not survive ``fork``).
@@ -16,7 +16,7 @@ plugin, so ``PIL.Image.open("photo.aec")`` decodes .aec files.
 """
 
 from .api import DEFAULT_QUALITY, MAX_PIXELS, QUALITIES, SizeError, compress, compress_to_size, decompress, info
-from .format import FORMAT_VERSION, AecodecError, FormatError
+from .format import FORMAT_VERSION, AecodecError, DecoderUnavailable, FormatError
 from .image import AecodecWarning, ImageError
 from .weights import WeightsError
 
@@ -33,6 +33,7 @@ __all__ = [
     "FORMAT_VERSION",
     "AecodecError",
     "FormatError",
+    "DecoderUnavailable",
     "ImageError",
     "AecodecWarning",
     "WeightsError",

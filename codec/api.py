@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import zlib
 from typing import Dict, Optional, Tuple
 
@@ -27,11 +29,11 @@ def check_quality(quality):
     """The quality as it will be coded: an int for a whole level (1..8), else a float with two
     decimals between two levels (5.5, 6.25: the gains are interpolated, docs/FORMAT.md).  More
     decimals are rounded to hundredths.  ValueError for anything else."""
-    if isinstance(quality, bool) or not isinstance(quality, (int, float, np.integer, np.floating)):
+    if isinstance(quality, bool) or not isinstance(quality, (numbers.Real, decimal.Decimal, np.integer, np.floating)):
         raise ValueError(f"quality must be a number from {QUALITIES[0]} to {QUALITIES[-1]} "
                          f"(in steps of 0.01), got {quality!r}")
     q = float(quality)
-    if not QUALITIES[0] <= q <= QUALITIES[-1]:  # (NaN fails this too)
+    if not math.isfinite(q) or not 100 * QUALITIES[0] <= round(q * 100) <= 100 * QUALITIES[-1]:
         raise ValueError(f"quality must be from {QUALITIES[0]} to {QUALITIES[-1]}, got {quality!r}")
     return join_quality(*split_quality(q))
 
@@ -82,8 +84,9 @@ def compress_planes(planes: Planes, quality=DEFAULT_QUALITY, model_id: Optional[
     to ``quality``, in steps of 0.01, whose whole file fits, or SizeError.  The whole levels are
     tried from ``quality`` down (file sizes nearly always grow with the level, but not on tiny
     flat images, so they are not bisected); then the hundredths above the first that fits are
-    searched (guessing from the sizes, with a halving every third probe).  All of it shares
-    one analysis transform."""
+    searched (guessing from the sizes, with a halving every third probe) for one that fits
+    while the next 0.01 up does not: the highest wherever sizes grow with the quality, as they
+    do on photos.  All of it shares one analysis transform."""
     max_pixels = pixel_limit(max_pixels)
     from . import coding, tiling
     from .weights import load_model

@@ -685,6 +685,8 @@ def list_images(dataset: Path, log: Callable[[str], None] = lambda s: None) -> L
     items = []
     lossy, other, folders = [], [], []
     for p in sorted(dataset.iterdir()):
+        if p.name.startswith("."):  # .DS_Store, editor files: not the user's images
+            continue
         if p.is_dir():
             folders.append(p.name)
             continue
@@ -701,8 +703,8 @@ def list_images(dataset: Path, log: Callable[[str], None] = lambda s: None) -> L
         items.append(ImageItem(p, p.name, hashlib.sha256(blob).hexdigest()[:16], w, h))
     left = []
     if lossy:
-        left.append(f"{_count(lossy, 'lossy image')} ({_names(lossy)}: a lossy source is not a reference; "
-                    "convert to PNG to include it)")
+        left.append(f"{_count(lossy, 'image')} in a format that is usually lossy ({_names(lossy)}: a lossy source "
+                    "is no reference; convert to PNG to include it)")
     if other:
         left.append(f"{_count(other, 'other file')} ({_names(other)})")
     if folders:

@@ -95,7 +95,7 @@ def _gains(model, level: int, frac: int = 0):
     """(gain, inverse gain), 1 x M x 1 x 1 float32, of level index ``level`` (0-based) or, with
     ``frac`` hundredths (1..99), between it and the next level: the log-gains interpolated
     linearly in float32 as ``(1 - t) * a + t * b`` with ``t = float32(frac) / 100``, then
-    exponentiated (docs/FORMAT.md, *Qualities between levels*)."""
+    exponentiated (docs/FORMAT.md, *Decoding*, step 6)."""
     torch = _torch()
     if not frac:
         return model._gains(torch.tensor([level], dtype=torch.long))

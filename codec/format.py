@@ -56,6 +56,12 @@ class AecodecError(Exception):
     Wrong argument types are TypeError, bad argument values (a quality of 9) ValueError."""
 
 
+class DecoderUnavailable(AecodecError, RuntimeError):
+    """The entropy decoder's worker process cannot run in this interpreter (an embedded or
+    frozen Python whose ``sys.executable`` is not a Python, no processes left): not the file's
+    fault."""
+
+
 class FormatError(AecodecError, ValueError):
     """The data is not a valid .aec file (or was made by a model this aecodec lacks)."""
 

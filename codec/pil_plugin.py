@@ -74,7 +74,7 @@ def _save(im: Image.Image, fp, filename) -> None:
     try:
         if quality is None:
             quality = DEFAULT_QUALITY
-        elif not isinstance(quality, bool) and isinstance(quality, (int, float)) and 8 < quality <= 100:
+        elif not isinstance(quality, bool) and isinstance(quality, (int, float)) and 10 <= quality <= 100:
             raise ValueError(f"quality must be from 1 to 8, got {quality!r} (aecodec's scale is 1..8, "
                              "not JPEG's 0..100)")
         check_quality(quality)

@@ -5,7 +5,8 @@
   limit, because compressai's C++ decoder does no bounds checking: a short or
   crafted string makes it read past its buffer (seen: segmentation faults) or
   loop for a long time.  A crash, a hang or an error of the worker becomes a
-  :class:`~aecodec.format.FormatError`.
+  :class:`~aecodec.format.FormatError`, unless the worker cannot run at all here
+  (``DecoderUnavailable``: it fails on a known-good string too, or cannot start).
 * Every decoded string is re-encoded and must come back byte for byte: a
   string that is not exactly what this encoder writes for the decoded symbols
   (truncated, padded, garbage, read past its end) is refused.  rANS is a
@@ -28,12 +29,7 @@ from typing import List
 
 import numpy as np
 
-from .format import AecodecError, FormatError
-
-
-class DecoderUnavailable(AecodecError, RuntimeError):
-    """The entropy decoder's worker process cannot run in this interpreter (an embedded or
-    frozen Python whose ``sys.executable`` is not a Python): not the file's fault."""
+from .format import DecoderUnavailable, FormatError
 
 # Largest magnitude of a symbol (value - offset) either side accepts.  Real
 # latents are a few hundred at most; the limit keeps compressai's bypass coder
@@ -122,7 +118,7 @@ def _worker_command():
     return [_interpreter(), "-I", "-S", "-B", str(_WORKER), so]
 
 
-_worker_works: List[bool] = []  # [True] once a known-good string decoded in this process
+_worker_works: List[bool] = []  # [True] once the worker answered a decode in this process
 
 
 def _check_worker(problem: str) -> None:
@@ -163,6 +159,8 @@ def decode(string: bytes, indexes: np.ndarray, tables: Tables, what: str = "payl
     except FormatError as e:
         _check_worker(str(e))  # the worker's own failure is not the file's
         raise
+    if not _worker_works:
+        _worker_works.append(True)  # it ran and answered: later failures are the data's
     if encode(symbols, indexes, tables) != bytes(string):
         raise FormatError(f"corrupt {what}: the entropy-coded data is not a valid encoding "
                           "(damaged, truncated or not made by aecodec)")

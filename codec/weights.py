@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -168,12 +169,12 @@ def loaded_models() -> int:
 
 
 def _one_thread_after_fork() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:  # never let the hook break a fork
-        pass
+    torch = sys.modules.get("torch")  # (never import in a fork handler)
+    if torch is not None:
+        try:
+            torch.set_num_threads(1)
+        except Exception:  # never let the hook break a fork
+            pass
 
 
 _fork_hook: List[bool] = []
@@ -190,7 +191,6 @@ def _install_fork_hook() -> None:
 
 def load_model(model_id: Optional[str] = None):
     """The model for ``model_id`` (default: the current release), loaded once per process."""
-    _install_fork_hook()
     manifest = read_manifest()
     model_id = model_id or manifest["default"]
     with _lock:
@@ -211,6 +211,7 @@ def load_model(model_id: Optional[str] = None):
             raise WeightsError(f"weights file {path.name} holds model {meta.get('model_id')!r}, "
                                f"manifest says {model_id!r}")
         model = build_model(meta, state)
+        _install_fork_hook()  # torch has run now
         model.model_id = model_id
         model.meta = meta
         _cache[model_id] = model

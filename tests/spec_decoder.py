@@ -230,6 +230,15 @@ def g_s(y, w):
     return _conv(x, w, "g_s.6", True)
 
 
+def inverse_gain(w, quality: int, frac: int = 0):
+    """Step 6: exp(log_inv_gain[quality - 1]), or with QFRC k the interpolated log-gains, all in float32."""
+    log_ig = w["log_inv_gain"][quality - 1]
+    if frac:
+        t = torch.tensor(float(frac), dtype=torch.float32) / torch.tensor(100.0, dtype=torch.float32)
+        log_ig = (torch.tensor(1.0, dtype=torch.float32) - t) * log_ig + t * w["log_inv_gain"][quality]
+    return torch.exp(log_ig)
+
+
 def decode(data: bytes, weights_dir: Path) -> dict:
     """{"mode", "pixels" (H x W x 3, or H x W for grey; uint8, the float64 reference synthesis), "alpha", "icc",
     "y_symbols", "indexes"}; SpecError for anything the spec says to refuse."""
@@ -260,11 +269,7 @@ def decode(data: bytes, weights_dir: Path) -> dict:
         raise SpecError("a latent near a table entry that YIDX does not list")
     y_sym = _strings(h["chunks"][b"YSTR"], idx.tolist(), _tables(w, "gaussian_conditional"))
     y_hat = torch.tensor(y_sym, dtype=torch.float32).reshape(1, M, y_h, y_w) + means
-    log_ig = w["log_inv_gain"][h["quality"] - 1]
-    if h["frac"]:  # between two levels: interpolated log inverse gains, all in float32
-        t = torch.tensor(float(h["frac"]), dtype=torch.float32) / torch.tensor(100.0, dtype=torch.float32)
-        log_ig = (torch.tensor(1.0, dtype=torch.float32) - t) * log_ig + t * w["log_inv_gain"][h["quality"]]
-    scaled = y_hat * torch.exp(log_ig).reshape(1, M, 1, 1)
+    scaled = y_hat * inverse_gain(w, h["quality"], h["frac"]).reshape(1, M, 1, 1)
     with torch.no_grad():
         x = g_s(scaled.double(), w)
     if not torch.isfinite(x).all():

@@ -26,8 +26,12 @@ def test_quality_between_levels(photo_crops):
     from aecodec.api import check_quality
     from aecodec.format import unpack
 
-    assert [check_quality(q) for q in (6, np.int64(6), 6.0, 5.5, np.float32(6.25), 5.555, 7.999, 1)] == \
-        [6, 6, 6, 5.5, 6.25, 5.56, 8, 1]
+    from decimal import Decimal
+    from fractions import Fraction
+
+    assert [check_quality(q) for q in (6, np.int64(6), 6.0, 5.5, np.float32(6.25), 5.555, 7.999, 1, 8.004, 0.996,
+                                       Decimal("6.5"), Fraction(13, 2))] == \
+        [6, 6, 6, 5.5, 6.25, 5.56, 8, 1, 8, 1, 6.5, 6.5]
     assert isinstance(check_quality(6.0), int)
     img = photo_crops[0][:128, :192]
 
@@ -338,7 +342,7 @@ def test_a_host_application_cannot_change_the_bytes_or_hang_it():
 def test_one_base_class_for_aecodec_errors():
     for cls, also in [(aecodec.FormatError, ValueError), (aecodec.ImageError, ValueError),
                       (aecodec.SizeError, ValueError), (aecodec.WeightsError, RuntimeError),
-                      (aecodec.rans.DecoderUnavailable, RuntimeError)]:
+                      (aecodec.DecoderUnavailable, RuntimeError)]:
         assert issubclass(cls, aecodec.AecodecError) and issubclass(cls, also), cls
     with pytest.raises(aecodec.AecodecError):
         aecodec.decompress(b"\x8aAEC junk")
@@ -355,11 +359,11 @@ def test_a_worker_that_cannot_run_is_not_blamed_on_the_file(monkeypatch, photo_c
     bad = pack(c.header, [(t, b[:-4] if t == b"YSTR" else b) for t, b in c.chunks.items()])
     monkeypatch.setattr(rans, "_worker_works", [])
     monkeypatch.setattr(sys, "executable", "/bin/true")  # runs, answers nothing
-    with pytest.raises(rans.DecoderUnavailable, match="fails on a known-good string too"):
+    with pytest.raises(aecodec.DecoderUnavailable, match="fails on a known-good string too"):
         aecodec.decompress(data)
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     monkeypatch.setattr(sys, "_base_executable", "/nonexistent/python3", raising=False)
-    with pytest.raises(rans.DecoderUnavailable, match="not a Python it can start"):
+    with pytest.raises(aecodec.DecoderUnavailable, match="not a Python it can start"):
         aecodec.decompress(data)
     monkeypatch.undo()
     monkeypatch.setattr(rans, "_worker_works", [])

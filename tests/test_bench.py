@@ -354,10 +354,13 @@ def test_list_images_says_what_it_leaves_out(tmp_path, crops_dir):
     said = []
     items = B.list_images(d, said.append)
     assert [i.name for i in items] == [i.name for i in B.list_images(crops_dir)]
-    assert said == [f"{d}: left out 1 lossy image (phone.jpg: a lossy source is not a reference; convert to PNG "
-                    "to include it); 1 other file (notes.txt); 1 folder (sub: not searched)"]
+    (d / ".DS_Store").write_bytes(b"x")  # hidden files: not mentioned
     said.clear()
-    (d / "phone.jpg").unlink(), (d / "notes.txt").unlink(), (d / "sub").rmdir()
+    B.list_images(d, said.append)
+    assert said == [f"{d}: left out 1 image in a format that is usually lossy (phone.jpg: a lossy source is no "
+                    "reference; convert to PNG to include it); 1 other file (notes.txt); 1 folder (sub: not searched)"]
+    said.clear()
+    (d / "phone.jpg").unlink(), (d / "notes.txt").unlink(), (d / "sub").rmdir(), (d / ".DS_Store").unlink()
     B.list_images(d, said.append)
     assert said == []
     only = tmp_path / "jpegs"
@@ -366,8 +369,8 @@ def test_list_images_says_what_it_leaves_out(tmp_path, crops_dir):
         Image.new("RGB", (8, 8)).save(only / f"{i}.jpg")
     with pytest.raises(B.BenchError, match="no images"):
         B.list_images(only, said.append)
-    assert said == [f"{only}: left out 5 lossy images (0.jpg, 1.jpg, 2.jpg, ... (2 more): a lossy source is not a "
-                    "reference; convert to PNG to include it)"]
+    assert said == [f"{only}: left out 5 images in a format that is usually lossy (0.jpg, 1.jpg, 2.jpg, ... (2 more): "
+                    "a lossy source is no reference; convert to PNG to include it)"]
 
 
 def test_bench_never_overwrites_what_it_did_not_write(tmp_path, crops_dir):

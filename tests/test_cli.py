@@ -866,3 +866,18 @@ def test_warnings_from_outside_aecodec_are_shown_not_swallowed(work, monkeypatch
     monkeypatch.setattr(aecodec, "decompress", noisy)
     r = run("decompress", work / "photo.aec", "-o", work / "back.png")
     assert r.exit_code == 0 and "UserWarning: a library's note" in r.stderr, r.output
+
+
+def test_a_decoder_that_cannot_run_here_is_one_line_not_an_internal_error(work, monkeypatch):
+    import sys
+
+    from aecodec import rans
+
+    run("compress", work / "photo.png", "-q", "2")
+    monkeypatch.setattr(rans, "_worker_works", [])
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(sys, "_base_executable", "/nonexistent/python3", raising=False)
+    r = run("decompress", work / "photo.aec", "-o", work / "out.png")
+    assert r.exit_code == 1 and "internal error" not in r.stderr and not (work / "out.png").exists()
+    assert r.stderr.startswith("aecodec: error: ") and "not a Python it can start" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1

@@ -155,3 +155,21 @@ def test_both_decoders_judge_a_quality_between_levels_alike(files):
             aecodec.decompress(data)
         with pytest.raises(spec.SpecError):
             spec.decode(data, weights_dir())
+
+
+def test_the_interpolated_inverse_gains_are_the_specs_to_the_bit():
+    """Pixels are too coarse to pin FORMAT.md's float32 formula (a float64 interpolation moves a
+    quarter of the gains by an ulp and no pixel): compare the gains themselves, every level and
+    hundredth."""
+    import torch
+
+    from aecodec import coding
+    from aecodec.weights import default_model_id, load_model
+
+    model = load_model()
+    w = spec.load_weights(weights_dir(), default_model_id())
+    for level in range(1, model.levels):
+        for frac in range(0, 100):
+            ours = coding._gains(model, level - 1, frac)[1].reshape(-1)
+            assert torch.equal(ours, spec.inverse_gain(w, level, frac)), (level, frac)
+    assert torch.equal(coding._gains(model, model.levels - 1)[1].reshape(-1), spec.inverse_gain(w, model.levels))
