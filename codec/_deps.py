@@ -15,8 +15,8 @@ which are removed from ``sys.modules`` afterwards (a later real import of
 torch_geometric works normally; only compressai's point-cloud classes, never
 used here, are left hollow).  ``scipy.stats`` (0.9 s) and ``pandas`` (0.16 s)
 get the same treatment: compressai needs scipy.stats only when it builds CDF
-tables (``update()``, at export), and reaches it then through scipy's own lazy
-submodule loader, which imports the real one.  If that import fails for any
+tables (``update()``, at export), and its module's ``scipy`` is then a small
+proxy that imports the real scipy.stats on first use.  If that import fails for any
 reason, the real one is done instead.
 """
 
@@ -102,6 +102,18 @@ def import_compressai():
     return _import_compressai()
 
 
+class _LazyScipy:
+    """compressai's module-level ``scipy``: ``.stats`` imports the real scipy.stats when first
+    used (at export), whatever the scipy version (older ones have no lazy submodules)."""
+
+    def __getattr__(self, name):
+        import importlib
+
+        if name == "stats":
+            return importlib.import_module("scipy.stats")
+        return getattr(importlib.import_module("scipy"), name)
+
+
 def _import_compressai():
     hollow = [h for h in _HOLLOW if h not in sys.modules]  # what the process already has is used as it is
     if hollow:
@@ -110,6 +122,9 @@ def _import_compressai():
         try:
             import compressai
 
+            em = sys.modules.get("compressai.entropy_models.entropy_models")
+            if "scipy.stats" in hollow and em is not None and hasattr(em, "scipy"):
+                em.scipy = _LazyScipy()
             return compressai
         except Exception:
             _forget(["compressai"])

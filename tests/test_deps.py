@@ -28,7 +28,11 @@ except ImportError:
     print("no torch_geometric installed")
 else:
     assert isinstance(T.BaseTransform, type) and T.BaseTransform.__module__.startswith("torch_geometric")
-# compressai builds CDF tables (export) with scipy.stats.norm.ppf: the real one, loaded then
+# compressai builds CDF tables (export) with scipy.stats.norm.ppf: the real one, loaded then,
+# also with a scipy that has no lazy submodules (before 1.9; the GPU machine's is unknown)
+import scipy
+if "__getattr__" in vars(scipy):
+    del scipy.__getattr__
 import torch
 from compressai.entropy_models import GaussianConditional
 g = GaussianConditional(None)
