@@ -481,8 +481,9 @@ class _Quality(click.ParamType):
                 return check_quality(float(text))
             except ValueError:
                 pass
+        comma = " with a decimal point" if re.fullmatch(r"\d+,\d{1,2}", text) else ""
         self.fail(f"{value!r}: the quality is a number from {QUALITIES[0]} to {QUALITIES[-1]}, "
-                  "at most two decimals (6, 6.5, 6.25)", param, ctx)
+                  f"at most two decimals{comma} (6, 6.5, 6.25)", param, ctx)
 
 
 class _Size(click.ParamType):
@@ -527,7 +528,8 @@ def main():
       aecodec compress *.jpg -d out/    # many files, one progress bar
       aecodec info photo.aec            # what is in the file
 
-    Exit codes: 0 ok, 1 bad data (unreadable image, corrupt file), 2 bad usage
+    Exit codes: 0 ok, 1 bad data (unreadable image, corrupt file, a --max-size
+    that no quality meets), 2 bad usage
     (or an output that exists without -f); with several files, the worst of
     them (the others are still processed).  130 after Ctrl-C.
     """
@@ -575,6 +577,8 @@ def _compress_one(inp: str, out: str, quality: int, force: bool, quiet: bool, ma
         loading = " (with loading the model)" if _loaded_models() > models_before else ""
         bpp = 8 * len(data) / (planes.width * planes.height)
         q = aecodec.info(data)["quality"]
+        if max_bytes is not None:  # what set the quality: the budget, or the cap under it
+            q = f"{q} ({'the highest asked for, within' if q == quality else 'the best within'} {_human(max_bytes)})"
         say(f"{inp} -> {out}: {planes.width}x{planes.height} {planes.mode}, q{q}, "
             f"{_human(len(data))}, {bpp:.3f} bpp, {time.time() - t0:.2f} s{loading}")
 

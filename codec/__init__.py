@@ -20,7 +20,7 @@ from .format import FORMAT_VERSION, AecodecError, DecoderUnavailable, FormatErro
 from .image import AecodecWarning, ImageError
 from .weights import WeightsError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "compress",

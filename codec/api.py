@@ -22,6 +22,9 @@ MULTIPLE = 64  # g_a downsamples 16x, h_a 4x more
 # per call with max_pixels= (command line: --max-pixels).
 MAX_PIXELS = 2**27  # 134 Mpx
 MAX_ICC_BYTES = 16 * 2**20
+# compress_to_size tries every whole level of images up to this size (their file sizes need not
+# grow with the quality: a 64x64 flat image gives 90, 94, 90, ... bytes); larger ones are searched.
+SCAN_PIXELS = 256 * 256
 PRECISIONS = ("float32", "float64")
 
 
@@ -83,10 +86,11 @@ def compress_planes(planes: Planes, quality=DEFAULT_QUALITY, model_id: Optional[
     """The .aec bytes of ``planes`` at ``quality``; with ``max_bytes``, at the highest quality up
     to ``quality``, in steps of 0.01, whose whole file fits, or SizeError.  The whole levels are
     tried from ``quality`` down (file sizes nearly always grow with the level, but not on tiny
-    flat images, so they are not bisected); then the hundredths above the first that fits are
-    searched (guessing from the sizes, with a halving every third probe) for one that fits
-    while the next 0.01 up does not: the highest wherever sizes grow with the quality, as they
-    do on photos.  All of it shares one analysis transform."""
+    flat images), then the hundredths above the first that fits are searched (guessing from
+    the sizes, with a halving every third probe) for one that fits while the next 0.01 up does
+    not: the highest wherever sizes grow with the quality, as they do on photos.  Images over
+    SCAN_PIXELS skip the scan: quality 1, then the search from there (or SizeError at once when
+    quality 1 is over 1.1x the limit).  All of it shares one analysis transform."""
     max_pixels = pixel_limit(max_pixels)
     from . import coding, tiling
     from .weights import load_model
@@ -104,25 +108,37 @@ def compress_planes(planes: Planes, quality=DEFAULT_QUALITY, model_id: Optional[
     _check_max_bytes(max_bytes)
     analysed = coding.analysis(model, padded, 1.0, tile)
 
-    def at(c: int) -> bytes:  # the file at quality c / 100
-        return _pack(model, planes, c // 100, c % 100,
-                     coding.encode(model, padded, c // 100 - 1, tile, analysed, c % 100), extra)
+    tried = {}
+
+    def at(c: int) -> bytes:  # the file at quality c / 100 (each coded once)
+        if c not in tried:
+            tried[c] = _pack(model, planes, c // 100, c % 100,
+                             coding.encode(model, padded, c // 100 - 1, tile, analysed, c % 100), extra)
+        return tried[c]
 
     top = 100 * level + frac
     data = at(top)
     if len(data) <= max_bytes:
         return data
-    too_big, smallest = top, len(data)
-    for c in range(100 * ((top - 1) // 100), 0, -100):
-        data = at(c)
-        if len(data) <= max_bytes:
-            break
-        too_big, smallest = c, min(smallest, len(data))
-    else:
-        raise SizeError(f"even the smallest file (quality 1..{join_quality(level, frac)}) needs {smallest} bytes, "
-                        f"over the {max_bytes} allowed")
-    fits, fit_size, big_size = c, len(data), smallest
-    for step in range(100):  # (it ends long before: at most ~7 halvings of 100 hundredths)
+    too_big, big_size, smallest, fits = top, len(data), len(data), None
+    if top > 100 and planes.width * planes.height > SCAN_PIXELS:  # a photo: sizes grow with the quality
+        first = at(100)
+        if len(first) <= max_bytes:
+            fits, data = 100, first
+        elif len(first) > 1.1 * max_bytes:  # far over: no quality fits (and no need to try them all)
+            raise SizeError(f"even quality 1 needs {len(first)} bytes, over the {max_bytes} allowed")
+    if fits is None:  # a small image, or a budget near the smallest file: every level, from the top down
+        for c in range(100 * ((top - 1) // 100), 0, -100):
+            data = at(c)
+            if len(data) <= max_bytes:
+                break
+            too_big, big_size, smallest = c, len(data), min(smallest, len(data))
+        else:
+            raise SizeError(f"even the smallest file (quality 1..{join_quality(level, frac)}) needs {smallest} "
+                            f"bytes, over the {max_bytes} allowed")
+        fits = c
+    fit_size = len(data)
+    for step in range(100):  # (it ends long before: at most ~10 halvings of 700 hundredths)
         if too_big - fits <= 1:
             break
         if step % 3 == 2 or fit_size <= 0:  # every third probe halves, so a bad guess cannot drag on

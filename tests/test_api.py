@@ -372,3 +372,30 @@ def test_a_worker_that_cannot_run_is_not_blamed_on_the_file(monkeypatch, photo_c
     rans._check_worker("a test")  # the real worker passes the probe, once
     assert rans._worker_works == [True]
     assert np.asarray(aecodec.decompress(data)).shape == (64, 64, 3)
+
+
+def test_compress_to_size_on_a_larger_image_searches_instead_of_scanning(photo_crops, monkeypatch):
+    """Over SCAN_PIXELS: quality 1 right after the top, so an impossible budget is refused after
+    two encodes (it took one per level), and a possible one is found in a few."""
+    from aecodec import api, coding
+
+    img = np.concatenate(photo_crops, axis=1)  # 256 x 512
+    assert img.shape[0] * img.shape[1] > api.SCAN_PIXELS
+    calls = []
+    real = coding.encode
+    monkeypatch.setattr(coding, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    q1 = len(aecodec.compress(img, quality=1))
+    calls.clear()
+    with pytest.raises(aecodec.SizeError, match=f"even quality 1 needs {q1} bytes, over the 100 allowed"):
+        aecodec.compress_to_size(img, 100)
+    assert len(calls) == 2
+    q2, q3 = len(aecodec.compress(img, quality=2)), len(aecodec.compress(img, quality=3))
+    calls.clear()
+    data = aecodec.compress_to_size(img, (q2 + q3) // 2)
+    got = aecodec.info(data)["quality"]
+    assert 2 < got < 3 and len(data) <= (q2 + q3) // 2 and len(calls) <= 12, (got, len(calls))
+    assert len(aecodec.compress(img, quality=round(got + 0.01, 2))) > (q2 + q3) // 2
+    calls.clear()  # near quality 1 (within 10 %): every level is tried, as on small images
+    with pytest.raises(aecodec.SizeError, match="even the smallest file"):
+        aecodec.compress_to_size(img, q1 - 1)
+    assert len(calls) == 8

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from aecodec.cli import main
+from aecodec.cli import _human, main
 
 from conftest import psnr
 
@@ -70,12 +70,13 @@ def test_no_overwrite_without_force(work):
     assert r.exit_code == 0 and (work / "photo.aec").read_bytes()[:4] == b"\x8aAEC"
 
 
-@pytest.mark.parametrize("q", ["0", "9", "999", "x", "8.5", "0.5", "6.555", "6.", "-1", "nan", "1e0"])
+@pytest.mark.parametrize("q", ["0", "9", "999", "x", "8.5", "0.5", "6.555", "6.", "-1", "nan", "1e0", "6,5"])
 def test_bad_quality_is_usage_error(work, q):
     r = run("compress", work / "photo.png", "-q", q)
     assert r.exit_code == 2
+    comma = " with a decimal point" if q == "6,5" else ""
     assert r.stderr == (f"aecodec compress: error: Invalid value for '-q' / '--quality': '{q}': the quality is a "
-                        "number from 1 to 8, at most two decimals (6, 6.5, 6.25) (see aecodec compress --help)\n")
+                        f"number from 1 to 8, at most two decimals{comma} (6, 6.5, 6.25) (see aecodec compress --help)\n")
     assert not (work / "photo.aec").exists()
 
 
@@ -714,7 +715,7 @@ def test_max_size_picks_the_quality(work):
     sizes = {q: len(aecodec.compress(img, quality=q)) for q in (2, 3, 4, 5, 8)}
     r = run("compress", work / "photo.png", "--max-size", str(sizes[3] + 1), "-o", work / "a.aec")
     q = aecodec.info((work / "a.aec").read_bytes())["quality"]
-    assert r.exit_code == 0 and 3 <= q < 4 and f", q{q}, " in r.stderr, r.output
+    assert r.exit_code == 0 and 3 <= q < 4 and f", q{q} (the best within {_human(sizes[3] + 1)}), " in r.stderr, r.output
     assert (work / "a.aec").read_bytes() == aecodec.compress(img, quality=q)
     assert (work / "a.aec").stat().st_size <= sizes[3] + 1
     budget = (sizes[4] + sizes[5]) // 2  # between two levels: the hundredths that fit
@@ -726,6 +727,7 @@ def test_max_size_picks_the_quality(work):
     assert r.exit_code == 0 and aecodec.info((work / "b.aec").read_bytes())["quality"] == 8
     r = run("compress", work / "photo.png", "--max-size", "10M", "-q", "2", "-o", work / "c.aec")  # -q caps
     assert r.exit_code == 0 and aecodec.info((work / "c.aec").read_bytes())["quality"] == 2
+    assert ", q2 (the highest asked for, within 10.0 MB), " in r.stderr, r.stderr
     r = run("compress", work / "photo.png", "--max-size", "100", "-o", work / "d.aec")
     assert r.exit_code == 1 and "cannot fit in 100 B" in r.stderr and not (work / "d.aec").exists(), r.output
     r = run("compress", work / "photo.png", "--max-size", "lots", "-o", work / "e.aec")
