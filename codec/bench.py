@@ -1368,7 +1368,7 @@ def bd_table(curves: Dict[str, Dict], anchors: Sequence[str], metric: str,
     present = [a for a in anchors if a in curves]
     numbers: Dict[str, Dict[str, Optional[Dict]]] = {}
     rows = []
-    entries = [(n, c, "measured (this run)") for n, c in curves.items()]
+    entries = [(n, c, "measured") for n, c in curves.items()]  # here, by this or an earlier run (dates above)
     entries += [(n, c, "published (CompressAI)") for n, c in references.items()]
     for name, c, source in entries:
         cells = [name, source]
@@ -1694,7 +1694,7 @@ def _results_markdown(cfg, images, names, curves, speed, scaling, coldstart, agr
              f"{cfg.jobs} worker(s) side by side. Memory: the largest rise of the worker's peak RSS during one "
              "encode / decode (over the RSS just before it)."
              + (" msh-random is compressai's MeanScaleHyperprior(128, 192) with random weights (the size of "
-                "aecodec's default model), run on the same images in the same run; its rate and quality mean "
+                "aecodec's default model), run on the same images on the same machine (dates above); its rate and quality mean "
                 "nothing." if "msh-random" in speed else "") + "\n")
     L.append(_md_table(["codec", "points", "encode s/image", "decode s/image", "encode Mpx/s", "decode Mpx/s",
                         "encode +MiB", "decode +MiB"],

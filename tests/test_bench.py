@@ -260,10 +260,10 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
             assert im.format == "PNG" and im.size[0] > 400
     md = (out / "RESULTS.md").read_text()
     assert "PCHIP" in md and "2 images" in md and "libjpeg-turbo" in md
-    m = re.search(r"\| webp \| measured \(this run\) \| ([+-]\d+\.\d) % \[(\d+\.\d+)–(\d+\.\d+) dB", md)
+    m = re.search(r"\| webp \| measured \| ([+-]\d+\.\d) % \[(\d+\.\d+)–(\d+\.\d+) dB", md)
     assert m, md
     # aecodec has 2 points here: no BD-rate is claimed from them (4 per curve at least)
-    assert "| aecodec | measured (this run) | – (2 points, needs 4) | – (2 points, needs 4) |" in md
+    assert "| aecodec | measured | – (2 points, needs 4) | – (2 points, needs 4) |" in md
     summary = json.loads((out / "meta" / "summary.json").read_text())
     assert summary["bd_rate"]["psnr-rgb"]["aecodec"]["jpeg-420"] is None
     bd = summary["bd_rate"]["psnr-rgb"]["webp"]["jpeg-420"]
@@ -276,7 +276,7 @@ def test_bench_end_to_end_and_resume(crops_dir, tmp_path, photo_crops):
         assert got == pytest.approx(max(r["enc_mem_mib"] for r in rows if r["quality"] == q))
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{B.README_END}\nafter\n")
-    assert "(out/rd-psnr.png)" in text and "| webp | measured (this run) |" in text
+    assert "(out/rd-psnr.png)" in text and "| webp | measured |" in text
 
     # a second run reuses every point and measures nothing
     before = (out / "per-image" / "webp.jsonl").read_text()
