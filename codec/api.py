@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .format import AecodecError, Container, FormatError, Header, join_quality, pack, unpack
-from .image import Planes, check_size, pixel_limit, pixels_in_words, planes_to_pil, to_planes, warn_notes
+from .image import MAX_ICC_BYTES, Planes, check_size, pixel_limit, pixels_in_words, planes_to_pil, to_planes, warn_notes
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_QUALITY = 6
@@ -21,7 +21,6 @@ MULTIPLE = 64  # g_a downsamples 16x, h_a 4x more
 # write by default: the decompression-bomb guard (docs/ROBUSTNESS.md).  Raise it
 # per call with max_pixels= (command line: --max-pixels).
 MAX_PIXELS = 2**27  # 134 Mpx
-MAX_ICC_BYTES = 16 * 2**20
 # compress_to_size tries every whole level of images up to this size (their file sizes need not
 # grow with the quality: a 64x64 flat image gives 90, 94, 90, ... bytes); larger ones are searched.
 SCAN_PIXELS = 256 * 256
@@ -141,7 +140,7 @@ def compress_planes(planes: Planes, quality=DEFAULT_QUALITY, model_id: Optional[
     for step in range(100):  # (it ends long before: at most ~10 halvings of 700 hundredths)
         if too_big - fits <= 1:
             break
-        if step % 3 == 2 or fit_size <= 0:  # every third probe halves, so a bad guess cannot drag on
+        if step % 3 == 2:  # every third probe halves, so a bad guess cannot drag on
             mid = (fits + too_big) // 2
         else:  # file size grows about exponentially with the quality: guess where it meets the limit
             t = math.log(max_bytes / fit_size) / math.log(big_size / fit_size) if big_size > fit_size else 0.5

@@ -141,6 +141,16 @@ def _cmyk_to_rgb(im: Image.Image, icc: Optional[bytes], notes: List[str]) -> Ima
     return im.convert("RGB")
 
 
+def usable_icc(icc, notes: List[str]) -> Optional[bytes]:
+    """An ICC profile to carry: bytes of 1..MAX_ICC_BYTES, else None (a larger one with a note)."""
+    if not icc or not isinstance(icc, (bytes, bytearray)):
+        return None
+    if len(icc) > MAX_ICC_BYTES:
+        notes.append(f"ICC profile of {len(icc)} bytes dropped (limit {MAX_ICC_BYTES})")
+        return None
+    return bytes(icc)
+
+
 def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None, orient: bool = True) -> Planes:
     """Convert a PIL image (any mode) to planes, applying its EXIF orientation (unless not
     ``orient``: Pillow's ``im.save`` keeps the pixels as they are).
@@ -162,12 +172,7 @@ def planes_from_pil(im: Image.Image, raw_modes: Optional[List[str]] = None, orie
             im = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not stop the image from being coded
         notes.append("unreadable EXIF orientation ignored")
-    icc = im.info.get("icc_profile") or None
-    if icc is not None and not isinstance(icc, (bytes, bytearray)):
-        icc = None
-    if icc is not None and len(icc) > MAX_ICC_BYTES:
-        notes.append(f"ICC profile of {len(icc)} bytes dropped (limit {MAX_ICC_BYTES})")
-        icc = None
+    icc = usable_icc(im.info.get("icc_profile"), notes)
     mode = im.mode
     wide = any(";16" in r for r in raw_modes) or mode.startswith("I;16")
     if wide:

@@ -67,8 +67,8 @@ def _save(im: Image.Image, fp, filename) -> None:
     default 6).  As Pillow's own writers do, the pixels are stored as they are (no EXIF
     orientation applied: Pillow keeps a source's EXIF on rotated or cropped copies), with the
     ``icc_profile=`` given, else the image's own."""
-    from .api import DEFAULT_QUALITY, MAX_ICC_BYTES, check_quality, compress_planes
-    from .image import to_planes, warn_notes
+    from .api import DEFAULT_QUALITY, check_quality, compress_planes
+    from .image import to_planes, usable_icc, warn_notes
 
     quality = im.encoderinfo.get("quality")
     try:
@@ -79,12 +79,8 @@ def _save(im: Image.Image, fp, filename) -> None:
                              "not JPEG's 0..100)")
         check_quality(quality)
         planes = to_planes(im, orient=False)
-        if "icc_profile" in im.encoderinfo:
-            icc = im.encoderinfo["icc_profile"]
-            planes.icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
-            if planes.icc and len(planes.icc) > MAX_ICC_BYTES:
-                planes.notes.append(f"ICC profile of {len(planes.icc)} bytes dropped (limit {MAX_ICC_BYTES})")
-                planes.icc = None
+        if "icc_profile" in im.encoderinfo:  # given (None drops the image's own)
+            planes.icc = usable_icc(im.encoderinfo["icc_profile"], planes.notes)
         warn_notes(planes, stacklevel=4)
         data = compress_planes(planes, quality)
     except ValueError as e:  # a bad quality, an image the format cannot hold: same class (ImageError, SizeError ...)
