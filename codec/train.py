@@ -50,10 +50,12 @@ def split_files(files: List[Path], val_count: int) -> tuple:
     return keyed[val_count:], keyed[:val_count]
 
 
-def training_split(data, val_images: int) -> tuple:
+def training_split(data, val_images: int, keep: Optional[List[str]] = None) -> tuple:
     """(training files, held-out files) of a data folder: ``val_images`` held out, at
     most one in 20.  One rule for training and for --pack-to, so a pack never holds a
-    held-out image."""
+    held-out image.  ``keep``: a resumed run's held-out files (paths relative to ``data``):
+    they stay held out and images added since go to training, so no validation image is
+    ever trained on (the hash rule alone would move the split as the folder grows)."""
     if not Path(data).is_dir():
         raise SystemExit(f"error: {data}: {'a file, not a folder' if Path(data).exists() else 'no such directory'}")
     files, small = [], []
@@ -65,7 +67,27 @@ def training_split(data, val_images: int) -> tuple:
     if len(files) < 2:
         raise SystemExit(f"error: need at least 2 images of at least {MIN_SIDE}x{MIN_SIDE} pixels in {data}, "
                          f"found {len(files)}")
+    if keep:
+        wanted = set(keep)
+        held = [p for p in files if relative_name(p, data) in wanted]
+        gone = sorted(wanted - {relative_name(p, data) for p in held})
+        if held and len(held) < len(files):
+            if gone:
+                print(f"note: {len(gone)} of the run's {len(wanted)} held-out image(s) are no longer in {data} "
+                      f"(e.g. {gone[0]}): validating on the {len(held)} left", file=sys.stderr)
+            order = split_files(files, 0)[0]  # the order split_files gives: the crops depend on it
+            return [p for p in order if p not in held], [p for p in order if p in held]
+        print(f"note: none of the run's held-out images is in {data} any more: a new held-out split",
+              file=sys.stderr)
     return split_files(files, min(val_images, max(1, len(files) // 20)))
+
+
+def relative_name(path: Path, data) -> str:
+    """How a checkpoint names an image of the data folder: its path inside the folder."""
+    try:
+        return Path(path).relative_to(Path(data)).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def read_checkpoint(path: Path, resumed: bool = False) -> Dict:
@@ -77,7 +99,8 @@ def read_checkpoint(path: Path, resumed: bool = False) -> Dict:
         st = torch.load(path, map_location="cpu", weights_only=False)
         ok = isinstance(st, dict) and "model" in st and "config" in st
     except Exception as e:  # a damaged zip, text, a pickle of something else: torch says it many ways
-        ok, why = False, " ".join(str(e).split())[:120] or type(e).__name__
+        why = " ".join(str(e).split()) or type(e).__name__
+        ok, why = False, why if len(why) <= 120 else why[:119].rstrip() + "…"
     else:
         why = "not a training checkpoint of aecodec train"
     if ok:
@@ -235,14 +258,43 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     train_files, _ = training_split(data, val_images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for p in train_files:
-        dst = out / (p.stem + ".jpg")
+    total, written, bad = 0, 0, []
+    for p, name in zip(train_files, pack_names(train_files, data)):
+        try:
+            rgb = load_rgb(p)
+        except Exception as e:  # a damaged file among many: left out and said, as training does
+            bad.append((p, e))
+            continue
+        dst = out / name
         tmp = dst.with_name(dst.name + ".tmp")
-        Image.fromarray(load_rgb(p)).save(tmp, format="JPEG", quality=quality, subsampling=0)
+        Image.fromarray(rgb).save(tmp, format="JPEG", quality=quality, subsampling=0)
         os.replace(tmp, dst)
         total += dst.stat().st_size
-    return {"images": len(train_files), "bytes": total}
+        written += 1
+    if bad:
+        print(f"note: {len(bad)} image(s) could not be decoded and were left out of the pack, e.g. "
+              f"{relative_name(bad[0][0], data)} ({' '.join(str(bad[0][1]).split())[:100]})", file=sys.stderr)
+    return {"images": written, "bytes": total}
+
+
+def pack_names(files: List[Path], data) -> List[str]:
+    """The pack's file names: each image's stem + .jpg, and where two images share a stem
+    (same name in two subfolders, or a.png beside a.jpg) their path inside the folder, with
+    the folders joined by '_' (and a number if even that repeats), so none overwrites another."""
+    stems = [p.stem for p in files]
+    names, taken = [], set()
+    for p, stem in zip(files, stems):
+        if stems.count(stem) > 1:
+            rel = Path(relative_name(p, data))
+            stem = "_".join([*rel.parent.parts, rel.stem]) + ("" if rel.suffix.lower() in (".jpg", ".jpeg")
+                                                              else "_" + rel.suffix.lower().lstrip("."))
+        name, k = stem + ".jpg", 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{stem}-{k}.jpg"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 DEFAULT_LR = 3e-4
@@ -466,6 +518,10 @@ KEPT = (("crop", DEFAULT_CROP), ("batch", DEFAULT_BATCH), ("warmup", DEFAULT_WAR
         ("val_images", DEFAULT_VAL_IMAGES), ("val_crop", DEFAULT_VAL_CROP))
 
 
+class RunConflict(SystemExit):
+    """Options that contradict the run in --run-dir (a usage error: exit status 2)."""
+
+
 def keep_run_shape(args, state: Optional[Dict] = None) -> None:
     """Options not given: a resumed run keeps its checkpoint's (as it keeps --lr), a new one takes
     the defaults. --crop, --batch, --warmup, --val-images, --val-crop given and different from
@@ -480,7 +536,7 @@ def keep_run_shape(args, state: Optional[Dict] = None) -> None:
         if given is None:
             setattr(args, name, had if had is not None else default)
         elif had is not None and given != had:
-            raise SystemExit(f"error: the run in {args.run_dir} is {cfg.get('arch', DEFAULT_ARCH)} N={cfg.get('N')} "
+            raise RunConflict(f"error: the run in {args.run_dir} is {cfg.get('arch', DEFAULT_ARCH)} N={cfg.get('N')} "
                              f"M={cfg.get('M')}, not --{name} {given}: leave out --arch/--N/--M to resume it, or add "
                              "--fresh (or use another --run-dir) to start a new model")
     for name, default in KEPT:
@@ -527,15 +583,35 @@ class Trainer:
         random.seed(args.seed)
         ckpt = self.run_dir / "last.pt"
         resume = read_checkpoint(ckpt, resumed=True) if ckpt.exists() and not args.fresh else None
+        had = (resume or {}).get("config") or {}
         keep_run_shape(args, resume)  # before the images load: the crop decides which are usable
 
-        train_files, val_files = training_split(args.data, args.val_images)
-        self.train_files, self.val_files = train_files, val_files
+        # a resumed run keeps its held-out images (unless --val-images changes their number)
+        keep = had.get("val_files") if int(had.get("val_images", -1)) == args.val_images else None
+        train_files, val_files = training_split(args.data, args.val_images, keep=keep)
         t0 = time.time()
-        train_imgs = [load_rgb(p) for p in train_files]
-        self.val_imgs = [load_rgb(p) for p in val_files]
+        train_files, train_imgs = self._load_images(train_files, "training")
+        val_files, self.val_imgs = self._load_images(val_files, "held-out")
+        if not self.val_imgs:
+            raise SystemExit(f"error: no held-out image of {args.data} could be decoded; use --val-images to hold "
+                             "out more, or replace the damaged files")
+        self.train_files, self.val_files = train_files, val_files
+        self.val_names = [relative_name(p, args.data) for p in val_files]
         print(f"loaded {len(train_imgs)} training / {len(self.val_imgs)} validation images "
               f"in {time.time() - t0:.1f}s", file=sys.stderr)
+        small = [p for p, im in zip(train_files, train_imgs) if min(im.shape[:2]) < args.crop]
+        if small and len(small) < len(train_imgs):
+            print(f"note: {len(small)} training image(s) smaller than the {args.crop}-pixel crop are not used, "
+                  f"e.g. {relative_name(small[0], args.data)}", file=sys.stderr)
+        elif small:
+            side = max(min(im.shape[:2]) for im in train_imgs) // 64 * 64
+            raise SystemExit(f"error: no training image is at least {args.crop}x{args.crop} pixels (the largest "
+                             f"crop they allow: --crop {side})")
+        # validation measured otherwise than the run's best.pt was: that best is not a bar to beat
+        self._new_validation = resume is not None and (
+            (had.get("val_files") is not None and sorted(had["val_files"]) != sorted(self.val_names))
+            or int(had.get("val_crop", args.val_crop)) != args.val_crop
+            or int(had.get("val_images", args.val_images)) != args.val_images)
         self.device = resolve_device(args.device)
         if self.device.type == "cuda":  # TF32 convolutions and products: ~2x, noise far below the rate term
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -544,7 +620,7 @@ class Trainer:
         self.sampler = self._make_sampler(train_imgs, args.seed)
         conflict = init_conflict(args, resume)
         if conflict:
-            raise SystemExit(f"error: {conflict}")
+            raise RunConflict(f"error: {conflict}")
         self._fresh_pending = bool(args.fresh)  # an earlier run's files: set aside at this run's first write
         self._set_aside_to = None
         try:
@@ -556,7 +632,7 @@ class Trainer:
             if lambdas is None:
                 lambdas = had
             elif had is not None and (len(lambdas) != len(had) or not np.allclose(lambdas, had, rtol=1e-9, atol=0)):
-                raise SystemExit(f"error: checkpoint {ckpt} trains the levels {had}, asked for {lambdas}; "
+                raise RunConflict(f"error: checkpoint {ckpt} trains the levels {had}, asked for {lambdas}; "
                                  "start a new --run-dir with --init to add or change levels")
         self.model = ARCHITECTURES[args.arch](N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {}))
         self.model.to(self.device)
@@ -597,9 +673,16 @@ class Trainer:
 
         ema_state = None
         self.resumed = resume is not None
+        self._old_best_to = None
         if resume is not None:
             ema_state = self._load(ckpt, resume)
             del resume
+            if self._new_validation and self.best_val is not None:
+                self.best_val = None  # the next validation starts a new best; the old best.pt is kept aside
+                self._old_best_to = f"best-to-step-{self.step}.pt"
+                print(f"note: the validation differs from the run's until now (held-out images or --val-crop): "
+                      f"its best.pt is not compared with the new measure; the next validation starts a new best "
+                      f"(the old best.pt is then kept as {self._old_best_to})", file=sys.stderr)
             if args.init:
                 print(f"--init {args.init}: this run started from it, so it is resumed (add --fresh to start "
                       "over)", file=sys.stderr)
@@ -619,10 +702,26 @@ class Trainer:
         elif args.decay_now and self.decay_start is None:
             self.decay_start = self.step
         if args.decay_minutes and self.decay_start is not None:
-            raise SystemExit(f"error: the run in {self.run_dir} is already in a learning-rate decay (from step "
+            raise RunConflict(f"error: the run in {self.run_dir} is already in a learning-rate decay (from step "
                              f"{self.decay_start}, {self.decay_steps} steps); to finish it, resume without "
                              f"--decay-minutes (--steps N for the steps left); to decay again from the constant "
                              f"rate, add --rewarm")
+
+    def _load_images(self, files: List[Path], what: str) -> tuple:
+        """(files, 8-bit RGB arrays) of those that decode; a damaged one is left out and said
+        (one bad photo among many must not stop a run)."""
+        kept, imgs, bad = [], [], []
+        for p in files:
+            try:
+                imgs.append(load_rgb(p))
+                kept.append(p)
+            except Exception as e:
+                bad.append((p, e))
+        if bad:
+            print(f"note: {len(bad)} {what} image(s) could not be decoded and are left out, e.g. "
+                  f"{relative_name(bad[0][0], self.args.data)} ({' '.join(str(bad[0][1]).split())[:100]})",
+                  file=sys.stderr)
+        return kept, imgs
 
     def _make_sampler(self, images, seed: int):
         a = self.args
@@ -651,7 +750,7 @@ class Trainer:
             "config": {"arch": self.model.arch, "N": self.model.N, "M": self.model.M, "lambdas": list(self.model.lambdas),
                        "crop": self.args.crop, "batch": self.args.batch, "lr": self.base_lr,
                        "warmup": self.args.warmup, "val_images": self.args.val_images,
-                       "val_crop": self.args.val_crop,
+                       "val_files": self.val_names, "val_crop": self.args.val_crop,
                        "device": describe_device(self.device, self.args.threads), "amp": self.args.amp,
                        "clip": self.clip},
             "clip_scope": CLIP_SCOPE,
@@ -701,6 +800,9 @@ class Trainer:
             self.decay_start = st.get("decay_start")
         if self.args.lr is None:
             self.base_lr = cfg.get("lr") or DEFAULT_LR
+        elif cfg.get("lr") and not math.isclose(float(cfg["lr"]), self.args.lr, rel_tol=1e-9):
+            print(f"note: --lr {self.args.lr:g}, where the run had {float(cfg['lr']):g}: it goes on from its "
+                  "checkpoint with the new rate", file=sys.stderr)
         if self.args.decay_steps is None:
             self.decay_steps = st.get("decay_steps") or DEFAULT_DECAY_STEPS
         self.warmup_from = st.get("warmup_from", 0)
@@ -1025,8 +1127,12 @@ class Trainer:
                         self._diverged(avg["loss"])
                     spike = loss_spike(avg["loss"], recent)
                     if spike and not in_spike:  # once per spike, in the output a remote run returns
-                        print(f"step {self.step}: loss spike: {avg['loss']:.4g} against a recent median of "
-                              f"{spike:.4g} (lr {self.opt.param_groups[0]['lr']:.3g})", file=sys.stderr)
+                        msg = (f"step {self.step}: loss spike: {avg['loss']:.4g} against a recent median of "
+                               f"{spike:.4g} (lr {self.opt.param_groups[0]['lr']:.3g})")
+                        if bar is not None and not bar.disable:
+                            bar.write(msg, file=sys.stderr)  # on its own line, not inside the bar's
+                        else:
+                            print(msg, file=sys.stderr)
                     in_spike = bool(spike)
                     recent = (recent + [avg["loss"]])[-20:]
                     if bar is not None:
@@ -1049,6 +1155,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if decay_at is not None and decay_end is None and not self._stop_signal:
+            print(f"note: the run ended at step {self.step}, inside its learning-rate warm-up (to step "
+                  f"{self.warmup_from + a.warmup}), so the --decay-minutes decay never began: give it more "
+                  "--minutes, or a shorter --warmup", file=sys.stderr)
         try:
             if self._stop_signal:  # stopped by hand: a checkpoint at once; validation is for the next run
                 print(f"{self._stop_signal}: saving a checkpoint, then stopping (again to abort; the "
@@ -1105,6 +1215,12 @@ class Trainer:
             return
         self.best_val = score
         self.save()  # record best_val in last.pt too
+        best = self.run_dir / "best.pt"
+        if self._old_best_to and best.exists():  # measured on another validation: kept, not overwritten
+            os.replace(best, self.run_dir / self._old_best_to)
+            print(f"step {self.step}: the earlier best.pt (validated otherwise) is kept as {self._old_best_to}",
+                  file=sys.stderr)
+        self._old_best_to = None
         atomic_torch_save({**self._state(), "export_weights": weights}, self.run_dir / "best.pt")
         print(f"step {self.step}: best validation so far ({weights} weights, loss {score:.4f}), kept as best.pt",
               file=sys.stderr)
@@ -1145,7 +1261,7 @@ class Trainer:
         else:
             self._keep_best(v, "raw")
         self._plot()
-        print(f"step {self.step}: checkpoint {path}; val bpp "
+        print(f"step {self.step}: checkpoint {path}; val (raw weights) bpp "
               + " ".join(f"{b:.3f}" for b in v["bpp"]) + " | psnr "
               + " ".join(f"{p:.2f}" for p in v["psnr"]), file=sys.stderr)
 
@@ -1245,7 +1361,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._argparse import OneLineParser
 
     p = OneLineParser(prog="python -m aecodec.train", description=__doc__, formatter_class=Fmt)
-    p.add_argument("data", help="folder of training images (any Pillow format, searched recursively)")
+    p.add_argument("data", help="folder of training images, searched recursively: "
+                   + ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTS)) + " (other files are ignored; "
+                   f"images under {MIN_SIDE} pixels on a side, or that do not decode, are left out and said)")
     p.add_argument("--run-dir", default="~/.cache/aecodec/runs/main",
                    help="checkpoints and logs; an existing last.pt here is resumed")
     p.add_argument("--init", help="warm start from weights (.safetensors) or a checkpoint when the run is new")
@@ -1264,7 +1382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", type=int, default=None,
                    help=f"channels of the latent y (default {DEFAULT_M}; kept in the checkpoint)")
     p.add_argument("--crop", type=int, default=None,
-                   help=f"side of the random training crops in pixels (default {DEFAULT_CROP}; kept in the checkpoint)")
+                   help=f"side of the random training crops in pixels, a multiple of 64; smaller images are not "
+                        f"used (default {DEFAULT_CROP}; kept in the checkpoint)")
     p.add_argument("--batch", type=int, default=None,
                    help=f"crops per step (default {DEFAULT_BATCH}; kept in the checkpoint)")
     p.add_argument("--lr", type=float, default=None,
@@ -1359,7 +1478,7 @@ def main(argv=None, prog=None) -> int:
     except SystemExit as e:  # the trainer's own one-line errors ("error: ...")
         if isinstance(e.code, str):
             print(f"{parser.prog}: {e.code}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(e, RunConflict) else 1
         raise
     except (ValueError, OSError) as e:  # bad data (no image large enough, unreadable files): one line
         if os.environ.get("AECODEC_DEBUG"):
@@ -1424,20 +1543,34 @@ def _main(parser, args) -> int:
         return 0
     if args.amp == "auto":
         parser.error("--amp auto is for --probe-batches; train with --amp off or bf16")
+    if not args.fresh and rd.is_dir() and not (rd / "last.pt").exists():
+        earlier = [n for n in RUN_FILES if (rd / n).exists()]
+        if earlier:  # a new run would overwrite best.pt and continue that run's log
+            parser.error(f"--run-dir {args.run_dir} holds an earlier run's {', '.join(earlier)} but no last.pt to "
+                         "resume: add --fresh to start a new run there (those files are then moved into a "
+                         "replaced-DATE folder), or use another --run-dir")
 
     import signal
 
     trainer = None
-    new_dir = not Path(args.run_dir).expanduser().exists()
+    made = rd.absolute()  # the outermost folder this run creates (none when --run-dir exists)
+    while not made.parent.exists():
+        made = made.parent
+    new_dir = not made.exists()
     try:
         try:
             trainer = Trainer(args)  # loading takes a while: Ctrl-C here is an abort too, not a traceback
         except (SystemExit, ValueError, OSError):
-            if new_dir:  # a run that never started (a bad --init, no usable image) leaves no empty folder
-                try:
-                    Path(args.run_dir).expanduser().rmdir()
-                except OSError:
-                    pass
+            if new_dir:  # a run that never started (a bad --init, no usable image) leaves no empty folders
+                d = rd.absolute()
+                while True:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+                    if d == made:
+                        break
+                    d = d.parent
             raise
         stopped = trainer.run()  # without --steps/--minutes: until interrupted (Ctrl-C saves a checkpoint)
     except KeyboardInterrupt:  # a second signal: no checkpoint of a half-done step

@@ -861,7 +861,8 @@ def test_bad_data_is_one_line_exit_1(data_dir, tmp_path, capsys):
     # the images are 96x96: none is large enough for the default 256x256 crops
     assert main([str(data_dir), *common], prog="aecodec train") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "aecodec train: error: no training image is at least 256x256", err
+    assert err[-1] == ("aecodec train: error: no training image is at least 256x256 pixels (the largest crop they "
+                       "allow: --crop 64)"), err
 
 
 def test_help_states_each_default_once():
@@ -1202,3 +1203,137 @@ def test_a_kept_warmup_of_zero_stays_zero(data_dir, tmp_path):
     tr.save()
     args = build_parser().parse_args([str(data_dir), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
     assert Trainer(args).args.warmup == 0  # not the default 200 (0 is falsy)
+
+
+def _main_args(data, run_dir, *extra):
+    return [str(data), "--run-dir", str(run_dir), "--N", "16", "--M", "24", "--crop", "64", "--batch", "2",
+            "--warmup", "1", "--val-crop", "64", "--val-images", "1", "--threads", "1", "--quiet", *extra]
+
+
+def _copy_data(data_dir, dest):
+    import shutil
+
+    shutil.copytree(data_dir, dest)
+    return dest
+
+
+def _hash_key(name):
+    import hashlib
+
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def test_an_earlier_runs_files_without_last_pt_are_not_overwritten(data_dir, tmp_path, capsys):
+    from aecodec.train import main
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"the user's best weights")
+    (run / "log.jsonl").write_text('{"kind": "train", "step": 5, "loss": 1.0}\n')
+    with pytest.raises(SystemExit) as e:  # a usage error, as argparse's own
+        main(_main_args(data_dir, run, "--steps", "1"), prog="aecodec train")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "best.pt, log.jsonl but no last.pt" in err and "--fresh" in err and len(err.splitlines()) == 1
+    assert (run / "best.pt").read_bytes() == b"the user's best weights"
+    # --fresh: a new run, the old files moved aside, not lost
+    assert main(_main_args(data_dir, run, "--steps", "1", "--fresh"), prog="aecodec train") == 0
+    aside = [d for d in run.iterdir() if d.name.startswith("replaced-")]
+    assert len(aside) == 1 and (aside[0] / "best.pt").read_bytes() == b"the user's best weights"
+
+
+def test_held_out_images_stay_held_out_as_the_folder_grows(data_dir, tmp_path):
+    data = _copy_data(data_dir, tmp_path / "data")
+    a = _trainer(data, tmp_path / "run", "--val-images", "1")
+    held = [p.name for p in a.val_files]
+    a.save()
+    del a
+    # an image whose name the hash rule alone would now hold out instead
+    first = min(_hash_key(p.name) for p in data.iterdir())
+    name = next(f"new{i}.png" for i in range(1000) if _hash_key(f"new{i}.png") < first)
+    Image.open(data / "img0.png").save(data / name)
+    b = _trainer(data, tmp_path / "run", "--val-images", "1")
+    assert [p.name for p in b.val_files] == held
+    assert name in [p.name for p in b.train_files]
+    assert b.step == 0 and not b._new_validation  # the same validation: best.pt stays the bar
+
+
+def test_another_validation_starts_a_new_best_and_keeps_the_old(data_dir, tmp_path, capsys):
+    from aecodec.train import main
+
+    run = tmp_path / "r"
+    assert main(_main_args(data_dir, run, "--steps", "2"), prog="aecodec train") == 0
+    old_best = (run / "best.pt").read_bytes()
+    capsys.readouterr()
+    assert main(_main_args(data_dir, run, "--steps", "1", "--val-crop", "128"), prog="aecodec train") == 0
+    err = capsys.readouterr().err
+    assert "the next validation starts a new best" in err
+    assert (run / "best-to-step-2.pt").read_bytes() == old_best
+    assert (run / "best.pt").exists() and (run / "best.pt").read_bytes() != old_best
+
+
+def test_a_damaged_training_image_is_left_out_and_said(data_dir, tmp_path, capsys):
+    data = _copy_data(data_dir, tmp_path / "data")
+    first = min(_hash_key(p.name) for p in data.iterdir())
+    name = next(f"bad{i}.jpg" for i in range(1000) if _hash_key(f"bad{i}.jpg") > first)  # not the held-out one
+    Image.open(data / "img0.png").save(data / name)
+    blob = (data / name).read_bytes()
+    (data / name).write_bytes(blob[:len(blob) // 2])  # a truncated JPEG: its header still reads
+    tr = _trainer(data, tmp_path / "run", "--val-images", "1")
+    assert name not in [p.name for p in tr.train_files + tr.val_files]
+    assert len(tr.train_files) == 3
+    assert f"1 training image(s) could not be decoded and are left out, e.g. {name}" in capsys.readouterr().err
+
+
+def test_pack_names_never_collide(tmp_path):
+    from aecodec.train import pack_names
+
+    d = tmp_path
+    files = [d / "a" / "x.png", d / "b" / "x.png", d / "x.jpg", d / "y.png", d / "c" / "z.tif"]
+    names = pack_names(files, d)
+    assert len(set(n.lower() for n in names)) == len(files)
+    assert names[3:] == ["y.jpg", "z.jpg"]  # unique names as before (the GPU pack's split hashes them)
+
+
+def test_pack_writes_every_image_of_same_named_ones(tmp_path, photo_crops):
+    from aecodec.train import main
+
+    data = tmp_path / "data"
+    for i, sub in enumerate(["a", "b", "c", "d"] * 5):  # 20 images, 1 held out, same names in subfolders
+        (data / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo_crops[i % len(photo_crops)][:64, :64]).save(data / sub / f"IMG_{i // 4}.png")
+    assert main([str(data), "--pack-to", str(tmp_path / "pack"), "--val-images", "1"], prog="aecodec train") == 0
+    assert len(list((tmp_path / "pack").iterdir())) == 19
+
+
+def test_conflicts_with_the_run_are_usage_errors(data_dir, tmp_path, capsys):
+    from aecodec.train import main
+
+    run = tmp_path / "r"
+    assert main(_main_args(data_dir, run, "--steps", "1"), prog="aecodec train") == 0
+    capsys.readouterr()
+    args = _main_args(data_dir, run, "--steps", "1")
+    args[args.index("--N") + 1] = "8"
+    assert main(args, prog="aecodec train") == 2
+    assert main(_main_args(data_dir, run, "--steps", "1", "--lambdas", "0.001,0.01"), prog="aecodec train") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not --N 8" in err[0] and "trains the levels" in err[-1]
+
+
+def test_a_decay_that_never_began_is_said(data_dir, tmp_path, capsys):
+    from aecodec.train import main
+
+    args = _main_args(data_dir, tmp_path / "r", "--minutes", "0.03", "--decay-minutes", "0.01")
+    args[args.index("--warmup") + 1] = "100000"
+    assert main(args, prog="aecodec train") == 0
+    assert "so the --decay-minutes decay never began" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "decay-start.pt").exists()
+
+
+def test_a_failed_start_leaves_no_empty_folders(data_dir, tmp_path):
+    from aecodec.train import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_main_args(empty, tmp_path / "new" / "deep" / "run", "--steps", "1"), prog="aecodec train") == 1
+    assert not (tmp_path / "new").exists()
