@@ -797,7 +797,9 @@ def train(ctx):
 @click.option("--weights", "which", type=click.Choice(list(EXPORT_WEIGHTS)), default="auto", show_default=True,
               help="the weights' moving average or the raw weights; auto: what best.pt's validation "
                    "preferred, else the average")
-@click.option("-f", "--force", is_flag=True, help="overwrite OUT if it exists")
+@click.option("-f", "--force", is_flag=True,
+              help="overwrite OUT if it exists (never the file that a manifest next to it names for another model: "
+                   "the files made with that model would stop decoding)")
 def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
     """Bake the CDF tables of a training CHECKPOINT into release weights OUT (.safetensors)."""
     if not out.endswith(".safetensors"):
@@ -811,10 +813,15 @@ def export(checkpoint: str, out: str, register: bool, which: str, force: bool):
         raise DataError(f"{checkpoint}: not a training checkpoint (aecodec train writes last.pt and best.pt "
                         "in its run directory)")
     from aecodec.export import export_checkpoint
+    from aecodec.weights import WeightsConflict, WeightsError
 
     try:
         entry = export_checkpoint(checkpoint, Path(out), register_in=Path(out).parent if register else None,
                                   use_ema=EXPORT_WEIGHTS[which])
+    except WeightsConflict as e:  # -f does not break the files made with another model
+        raise UsageProblem(str(e)) from None
+    except WeightsError as e:  # the manifest next to OUT: named in the message, nothing written
+        raise DataError(str(e)) from None
     except (OSError, KeyError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         msg = " ".join(str(e).split())[:200]
         raise DataError(f"{checkpoint}: not a usable training checkpoint ({type(e).__name__}: {msg})") from None

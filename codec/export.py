@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -87,8 +88,14 @@ def lineage(parent: Dict, st: Dict) -> Dict:
 
 def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
                       extra_meta: Optional[Dict] = None, use_ema: Optional[bool] = None) -> Dict:
-    from .weights import export, register
+    """Write a checkpoint's model as release weights ``out_path`` (and add them to the manifest of
+    ``register_in`` as its default).  Nothing is written when a manifest there cannot be used
+    (WeightsError) or registers ``out_path``'s name for another model (WeightsConflict)."""
+    from .weights import check_replace, entry_of, pack, read_manifest, register, write_weights
 
+    out_path = Path(out_path)
+    if register_in is not None and (Path(register_in) / "manifest.json").exists():
+        read_manifest(register_in)  # a damaged manifest is reported before the checkpoint is even read
     model, st = load_checkpoint_model(ckpt_path, use_ema=use_ema)
     meta = {
         "training_steps": st.get("step", 0),
@@ -100,9 +107,22 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
     if st.get("parent"):
         meta.update(lineage(st["parent"], st))
     meta.update(extra_meta or {})
-    entry = export(model, out_path, extra_meta=meta)
+    blob, model_id = pack(model, extra_meta=meta)
+    entry = entry_of(blob, model_id, out_path)
+    # the manifest next to the file resolves its name; the one registered into must be usable
+    if register_in is None or Path(register_in).resolve() != out_path.parent.resolve():
+        check_replace(entry, out_path.parent, registering=False)
     if register_in is not None:
-        register(entry, register_in)
+        check_replace(entry, register_in, registering=True)
+    existed = out_path.exists()
+    entry = write_weights(blob, model_id, out_path)
+    if register_in is not None:
+        try:
+            register(entry, register_in)
+        except BaseException:
+            if not existed:  # no weights file left behind that no manifest names
+                out_path.unlink(missing_ok=True)
+            raise
     return entry
 
 
@@ -117,8 +137,16 @@ def main(argv=None) -> int:
     p.add_argument("--register", action="store_true", help="add to the manifest next to OUT as the default")
     a = p.parse_args(argv)
     out = Path(a.out)
-    entry = export_checkpoint(a.ckpt, out, register_in=out.parent if a.register else None,
-                              use_ema=WEIGHTS[a.weights])
+    from .weights import WeightsConflict, WeightsError
+
+    try:
+        entry = export_checkpoint(a.ckpt, out, register_in=out.parent if a.register else None,
+                                  use_ema=WEIGHTS[a.weights])
+    except WeightsConflict as e:
+        p.error(str(e))
+    except WeightsError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(entry, indent=2))
     return 0
 

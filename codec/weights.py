@@ -38,22 +38,103 @@ def weights_dir() -> Path:
     return Path(next(iter(w.__path__)))
 
 
+class WeightsConflict(WeightsError):
+    """Writing a weights file would replace one that a manifest registers for another model
+    (the files made with that model would stop decoding): a usage problem, not bad data."""
+
+
+def _shipped(d: Path) -> bool:
+    """Whether ``d`` is the weights folder installed with aecodec (not AECODEC_WEIGHTS_DIR)."""
+    if os.environ.get("AECODEC_WEIGHTS_DIR"):
+        return False
+    try:
+        return d.resolve() == weights_dir().resolve()
+    except OSError:
+        return False
+
+
+def _remedy(d: Path) -> str:
+    """What to do about a damaged weights folder ``d``: only the shipped one is reinstalled."""
+    if _shipped(d):
+        return "reinstall aecodec"
+    if os.environ.get("AECODEC_WEIGHTS_DIR") and d == weights_dir():
+        return "fix it, or unset AECODEC_WEIGHTS_DIR"
+    return "fix it, or use another folder"
+
+
+def _shape_problem(manifest) -> Optional[str]:
+    """What is wrong with the shape of a parsed manifest, or None: an object with a ``models``
+    object (model id -> {file, sha256}), a ``default`` that names one of them (null before the
+    first registration) and, optionally, a ``retired`` object of the same entries."""
+
+    def kind(v) -> str:
+        return {dict: "an object", list: "a list", str: "a string", type(None): "null",
+                bool: "a boolean"}.get(type(v), "a number")
+
+    if not isinstance(manifest, dict):
+        return f"it is {kind(manifest)}, not an object"
+    for section in ("models", "retired"):
+        if section not in manifest:
+            if section == "models":
+                return 'it has no "models" object'
+            continue
+        entries = manifest[section]
+        if not isinstance(entries, dict):
+            return f'its "{section}" is {kind(entries)}, not an object'
+        for mid, e in entries.items():
+            if not isinstance(e, dict):
+                return f'its "{section}" entry {mid!r} is {kind(e)}, not an object'
+            for key in ("file", "sha256"):
+                if not isinstance(e.get(key), str) or not e[key]:
+                    return f'its "{section}" entry {mid!r} has no "{key}" string'
+            if Path(e["file"]).name != e["file"] or e["file"] in (".", ".."):
+                return f'its "{section}" entry {mid!r} names {e["file"]!r}, not a file in its folder'
+    if "default" not in manifest:
+        return 'it has no "default" entry'
+    default = manifest["default"]
+    if default is not None and (not isinstance(default, str) or default not in manifest["models"]):
+        return f'its "default" {default!r} is not one of its "models"'
+    return None
+
+
+def _load_manifest(path: Path) -> Dict:
+    """The manifest at ``path``, checked; FileNotFoundError when there is none."""
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"unreadable weights manifest {path}: {getattr(e, 'strerror', None) or e}; "
+                           f"{_remedy(path.parent)}") from None
+    problem = _shape_problem(manifest)
+    if problem:
+        raise WeightsError(f"weights manifest {path} is damaged: {problem}; {_remedy(path.parent)}")
+    return manifest
+
+
 def read_manifest(directory: Optional[Path] = None) -> Dict:
+    """The manifest of ``directory`` (default: the weights folder), checked: a WeightsError
+    naming the file says what is wrong with one that cannot be used."""
     d = Path(directory) if directory else weights_dir()
     path = d / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        return _load_manifest(path)
     except FileNotFoundError:
         if directory is None and os.environ.get("AECODEC_WEIGHTS_DIR"):
             raise WeightsError(f"no weights manifest at {path} (AECODEC_WEIGHTS_DIR): export into that folder "
                                "with `aecodec export CKPT DIR/NAME.safetensors --register`, or unset it") from None
         raise WeightsError(f"no weights manifest at {path}; reinstall aecodec") from None
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"unreadable weights manifest {path}: {e}") from None
+
+
+def _default(manifest: Dict) -> str:
+    if manifest["default"] is None:
+        raise WeightsError(f"the weights manifest in {weights_dir()} names no default model yet: export one "
+                           "into that folder with `aecodec export CKPT DIR/NAME.safetensors --register`")
+    return manifest["default"]
 
 
 def default_model_id() -> str:
-    return read_manifest()["default"]
+    return _default(read_manifest())
 
 
 def tensors_digest(state: Dict) -> str:
@@ -67,8 +148,9 @@ def tensors_digest(state: Dict) -> str:
     return h.hexdigest()
 
 
-def load_state_dict_file(path, expected_sha256: Optional[str] = None):
-    """Load a safetensors file (no pickle) into float32 tensors, checking its hash first."""
+def load_state_dict_file(path, expected_sha256: Optional[str] = None, remedy: str = "reinstall aecodec"):
+    """Load a safetensors file (no pickle) into float32 tensors, checking its hash first
+    (``remedy`` ends the message when it does not match)."""
     from safetensors.torch import load as st_load
 
     path = Path(path)
@@ -80,7 +162,7 @@ def load_state_dict_file(path, expected_sha256: Optional[str] = None):
         got = hashlib.sha256(blob).hexdigest()
         if got != expected_sha256:
             raise WeightsError(f"weights file {path.name} is corrupted or was replaced "
-                               f"(sha256 {got[:12]}..., expected {expected_sha256[:12]}...); reinstall aecodec")
+                               f"(sha256 {got[:12]}..., expected {expected_sha256[:12]}...); {remedy}")
     try:
         state = st_load(blob)
     except Exception as e:
@@ -192,7 +274,7 @@ def _install_fork_hook() -> None:
 def load_model(model_id: Optional[str] = None):
     """The model for ``model_id`` (default: the current release), loaded once per process."""
     manifest = read_manifest()
-    model_id = model_id or manifest["default"]
+    model_id = model_id or _default(manifest)
     with _lock:
         if model_id in _cache:
             return _cache[model_id]
@@ -202,10 +284,19 @@ def load_model(model_id: Optional[str] = None):
         if problem:
             raise FormatError(f"the file {problem}")
         entry = entry or retired  # an earlier release whose weights file was put back
-        path = weights_dir() / entry["file"]
+        d = weights_dir()
+        path = d / entry["file"]
+        if _shipped(d):
+            remedy = "reinstall aecodec"
+        else:  # a folder of the user's (AECODEC_WEIGHTS_DIR): reinstalling would not help
+            remedy = (f"it is not the file that {d / 'manifest.json'} registers for model {model_id}: put that "
+                      f"file back, or export model {model_id}'s checkpoint to it again")
         if not path.exists():
-            raise WeightsError(f"weights file {path} is missing; reinstall aecodec")
-        state = load_state_dict_file(path, entry["sha256"])
+            raise WeightsError(f"weights file {path} is missing; "
+                               + ("reinstall aecodec" if _shipped(d) else
+                                  f"{d / 'manifest.json'} registers it for model {model_id}: put it back, or "
+                                  f"export that model's checkpoint to it again"))
+        state = load_state_dict_file(path, entry["sha256"], remedy=remedy)
         meta = read_metadata(path)
         if meta.get("model_id") != model_id:
             raise WeightsError(f"weights file {path.name} holds model {meta.get('model_id')!r}, "
@@ -218,9 +309,9 @@ def load_model(model_id: Optional[str] = None):
         return model
 
 
-def export(model, out_path, extra_meta: Optional[Dict] = None, half: bool = True) -> Dict:
-    """Write release weights: CDF tables built once and stored; conv kernels in
-    float16 (halves the file; the shipped model *is* the rounded one)."""
+def pack(model, extra_meta: Optional[Dict] = None, half: bool = True):
+    """Release weights as bytes, and their model id: CDF tables built once and stored; conv
+    kernels in float16 (halves the file; the shipped model *is* the rounded one)."""
     import torch
     from safetensors.torch import save
 
@@ -247,14 +338,76 @@ def export(model, out_path, extra_meta: Optional[Dict] = None, half: bool = True
     }
     for k, v in (extra_meta or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    blob = save(state, metadata=meta)
+    return _sorted_header(save(state, metadata=meta)), model_id
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """safetensors writes its JSON header in hash order: the same weights and metadata gave other
+    bytes (another sha256) at each export.  The header with sorted keys, padded to 8 bytes as
+    safetensors pads it; the tensors' offsets count from its end, so they stay as they are."""
+    import struct
+
+    n = struct.unpack("<Q", blob[:8])[0]
+    text = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
+
+
+def write_weights(blob: bytes, model_id: str, out_path) -> Dict:
+    """Write packed weights atomically (a temporary file, then a rename); their manifest entry."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, out_path)
-    return {"model_id": model_id, "file": out_path.name, "sha256": hashlib.sha256(blob).hexdigest(),
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return entry_of(blob, model_id, out_path)
+
+
+def entry_of(blob: bytes, model_id: str, out_path) -> Dict:
+    return {"model_id": model_id, "file": Path(out_path).name, "sha256": hashlib.sha256(blob).hexdigest(),
             "bytes": len(blob)}
+
+
+def export(model, out_path, extra_meta: Optional[Dict] = None, half: bool = True) -> Dict:
+    """Write release weights (see ``pack``); their manifest entry."""
+    blob, model_id = pack(model, extra_meta, half)
+    return write_weights(blob, model_id, out_path)
+
+
+def check_replace(entry: Dict, directory, registering: bool) -> None:
+    """Refuse (WeightsConflict), before anything is written, to put ``entry``'s file into
+    ``directory`` where the manifest there registers that file name for another model (or, when
+    not ``registering``, for this model with other bytes): the files made with it would stop
+    decoding.  With ``registering``, a manifest there that cannot be used is a WeightsError;
+    without, it is no concern (nothing can load weights through it)."""
+    d = Path(directory)
+    path = d / "manifest.json"
+    try:
+        manifest = _load_manifest(path)
+    except FileNotFoundError:
+        return
+    except WeightsError:
+        if registering:
+            raise
+        return
+    for section in ("models", "retired"):
+        for mid, e in manifest.get(section, {}).items():
+            if e["file"] != entry["file"]:
+                continue
+            if mid != entry["model_id"]:
+                what = "model" if section == "models" else "retired model"
+                raise WeightsConflict(
+                    f"{d / entry['file']} is the weights file that {path} names for {what} {mid}: replacing "
+                    f"it would stop every file made with {mid} from decoding; export under another name")
+            if not registering and e["sha256"] != entry["sha256"]:
+                raise WeightsConflict(
+                    f"{d / entry['file']} is registered in {path} for model {mid} with other bytes (sha256 "
+                    f"{e['sha256'][:12]}...): register the new file with it (--register), or export under "
+                    "another name")
 
 
 def register(entry: Dict, directory: Optional[Path] = None, make_default: bool = True) -> None:
@@ -262,7 +415,7 @@ def register(entry: Dict, directory: Optional[Path] = None, make_default: bool =
     d = Path(directory) if directory else weights_dir()
     path = d / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = _load_manifest(path)
     except FileNotFoundError:
         manifest = {"default": None, "models": {}}
     manifest["models"][entry["model_id"]] = {"file": entry["file"], "sha256": entry["sha256"]}
@@ -282,7 +435,7 @@ def retire(model_id: str, last_commit: str, directory: Optional[Path] = None) ->
     """
     d = Path(directory) if directory else weights_dir()
     path = d / "manifest.json"
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(d)
     if manifest.get("default") == model_id:
         raise ValueError(f"{model_id} is the default model; register its successor first")
     entry = manifest["models"].pop(model_id)
