@@ -67,19 +67,28 @@ def training_split(data, val_images: int, keep: Optional[List[str]] = None) -> t
     if len(files) < 2:
         raise SystemExit(f"error: need at least 2 images of at least {MIN_SIDE}x{MIN_SIDE} pixels in {data}, "
                          f"found {len(files)}")
+    train, held_out = split_files(files, min(val_images, max(1, len(files) // 20)))
     if keep:
         wanted = set(keep)
-        held = [p for p in files if relative_name(p, data) in wanted]
+        order = split_files(files, 0)[0]  # the order split_files gives: the crops depend on it
+        held = [p for p in order if relative_name(p, data) in wanted]
         gone = sorted(wanted - {relative_name(p, data) for p in held})
-        if held and len(held) < len(files):
+        # never trained on: the run's held-out images, and those the hash rule holds out now
+        # (what tools/heldout.py and --pack-to hold out, so that they never see a trained image)
+        kept_train = [p for p in train if p not in held]
+        if held and kept_train:
             if gone:
                 print(f"note: {len(gone)} of the run's {len(wanted)} held-out image(s) are no longer in {data} "
                       f"(e.g. {gone[0]}): validating on the {len(held)} left", file=sys.stderr)
-            order = split_files(files, 0)[0]  # the order split_files gives: the crops depend on it
-            return [p for p in order if p not in held], [p for p in order if p in held]
-        print(f"note: none of the run's held-out images is in {data} any more: a new held-out split",
-              file=sys.stderr)
-    return split_files(files, min(val_images, max(1, len(files) // 20)))
+            spare = [p for p in held_out if p not in held]
+            if spare:
+                print(f"note: {len(spare)} image(s) added since the run began are held out by the hash rule "
+                      f"(as tools/heldout.py and --pack-to hold them out): not trained on, not validated "
+                      f"(e.g. {relative_name(spare[0], data)})", file=sys.stderr)
+            return kept_train, held
+        print(f"note: {'none of the run' if not held else 'only the run'}'s held-out images "
+              f"{'is' if not held else 'are'} left in {data}: a new held-out split", file=sys.stderr)
+    return train, held_out
 
 
 def relative_name(path: Path, data) -> str:
@@ -274,6 +283,8 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     if bad:
         print(f"note: {len(bad)} image(s) could not be decoded and were left out of the pack, e.g. "
               f"{relative_name(bad[0][0], data)} ({' '.join(str(bad[0][1]).split())[:100]})", file=sys.stderr)
+    if not written:
+        raise SystemExit(f"error: no training image of {data} could be decoded: nothing packed")
     return {"images": written, "bytes": total}
 
 
@@ -681,8 +692,8 @@ class Trainer:
                 self.best_val = None  # the next validation starts a new best; the old best.pt is kept aside
                 self._old_best_to = f"best-to-step-{self.step}.pt"
                 print(f"note: the validation differs from the run's until now (held-out images or --val-crop): "
-                      f"its best.pt is not compared with the new measure; the next validation starts a new best "
-                      f"(the old best.pt is then kept as {self._old_best_to})", file=sys.stderr)
+                      f"its best.pt is not compared with the new measure, and is kept as {self._old_best_to} at "
+                      f"the next checkpoint; the next validation starts a new best", file=sys.stderr)
             if args.init:
                 print(f"--init {args.init}: this run started from it, so it is resumed (add --fresh to start "
                       "over)", file=sys.stderr)
@@ -773,6 +784,12 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self._diverged("not finite")  # never a checkpoint of weights that are no longer numbers
         self._claim_run_dir()
+        best = self.run_dir / "best.pt"
+        if getattr(self, "_old_best_to", None) and best.exists():  # validated otherwise: kept before a checkpoint forgets it
+            os.replace(best, self.run_dir / self._old_best_to)
+            print(f"step {self.step}: the earlier best.pt (validated otherwise) is kept as {self._old_best_to}",
+                  file=sys.stderr)
+        self._old_best_to = None
         path = self.run_dir / name
         atomic_torch_save(self._state(), path)
         return path
@@ -1216,11 +1233,6 @@ class Trainer:
         self.best_val = score
         self.save()  # record best_val in last.pt too
         best = self.run_dir / "best.pt"
-        if self._old_best_to and best.exists():  # measured on another validation: kept, not overwritten
-            os.replace(best, self.run_dir / self._old_best_to)
-            print(f"step {self.step}: the earlier best.pt (validated otherwise) is kept as {self._old_best_to}",
-                  file=sys.stderr)
-        self._old_best_to = None
         atomic_torch_save({**self._state(), "export_weights": weights}, self.run_dir / "best.pt")
         print(f"step {self.step}: best validation so far ({weights} weights, loss {score:.4f}), kept as best.pt",
               file=sys.stderr)

@@ -338,10 +338,10 @@ def pack(model, extra_meta: Optional[Dict] = None, half: bool = True):
     }
     for k, v in (extra_meta or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    return _sorted_header(save(state, metadata=meta)), model_id
+    return sorted_header(save(state, metadata=meta)), model_id
 
 
-def _sorted_header(blob: bytes) -> bytes:
+def sorted_header(blob: bytes) -> bytes:
     """safetensors writes its JSON header in hash order: the same weights and metadata gave other
     bytes (another sha256) at each export.  The header with sorted keys, padded to 8 bytes as
     safetensors pads it; the tensors' offsets count from its end, so they stay as they are."""

@@ -116,6 +116,9 @@ def test_annotate_sets_fields_on_the_last_stage_and_keeps_the_model(new_weights,
     assert last["schedule"] == "lr 4e-4 constant 5,339 steps" and last["lr"] == 0.0004 and last["weights"] == "raw"
     before = json.loads(read_metadata(path)["training_lineage"])
     assert json.loads(read_metadata(out)["training_lineage"])[:-1] == before[:-1]
+    again = tmp_path / "again.safetensors"  # the same input gives the same bytes (safetensors' header order is not)
+    release.annotate(path, again, ['schedule=lr 4e-4 constant 5,339 steps', "lr=0.0004", "weights=raw"])
+    assert again.read_bytes() == out.read_bytes()
     with pytest.raises(release.ReleaseError, match="KEY=VALUE"):
         release.annotate(path, tmp_path / "b.safetensors", ["no-equals-sign"])
     with pytest.raises(release.ReleaseError, match="another name"):

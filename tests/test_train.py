@@ -1254,8 +1254,28 @@ def test_held_out_images_stay_held_out_as_the_folder_grows(data_dir, tmp_path):
     Image.open(data / "img0.png").save(data / name)
     b = _trainer(data, tmp_path / "run", "--val-images", "1")
     assert [p.name for p in b.val_files] == held
-    assert name in [p.name for p in b.train_files]
+    # nor is it trained on: tools/heldout.py and --pack-to (the hash rule) hold it out
+    from aecodec.train import training_split
+
+    assert training_split(data, 1)[1] == [data / name]
+    assert name not in [p.name for p in b.train_files] and len(b.train_files) == 3
     assert b.step == 0 and not b._new_validation  # the same validation: best.pt stays the bar
+
+
+def test_a_run_stopped_before_validating_again_keeps_the_old_best(data_dir, tmp_path):
+    data = _copy_data(data_dir, tmp_path / "data")
+    a = _trainer(data, tmp_path / "run", "--val-images", "1")
+    a.train_step()
+    a.checkpoint_and_validate()
+    old_best = (a.run_dir / "best.pt").read_bytes()
+    (data / a.val_files[0].name).unlink()  # the held-out image is gone: another validation
+    del a
+    b = _trainer(data, tmp_path / "run", "--val-images", "1")
+    assert b._new_validation
+    b.train_step()
+    b.checkpoint_and_validate(validate=False)  # Ctrl-C: a checkpoint, no validation
+    assert (b.run_dir / "best-to-step-1.pt").read_bytes() == old_best
+    assert not (b.run_dir / "best.pt").exists()
 
 
 def test_another_validation_starts_a_new_best_and_keeps_the_old(data_dir, tmp_path, capsys):
@@ -1304,6 +1324,9 @@ def test_pack_writes_every_image_of_same_named_ones(tmp_path, photo_crops):
         Image.fromarray(photo_crops[i % len(photo_crops)][:64, :64]).save(data / sub / f"IMG_{i // 4}.png")
     assert main([str(data), "--pack-to", str(tmp_path / "pack"), "--val-images", "1"], prog="aecodec train") == 0
     assert len(list((tmp_path / "pack").iterdir())) == 19
+    for p in data.rglob("*.png"):  # nothing decodes: an error, not an empty pack
+        p.write_bytes(p.read_bytes()[:200])
+    assert main([str(data), "--pack-to", str(tmp_path / "pack2"), "--val-images", "1"], prog="aecodec train") == 1
 
 
 def test_conflicts_with_the_run_are_usage_errors(data_dir, tmp_path, capsys):

@@ -126,7 +126,9 @@ def annotate(path: Path, out: Path, fields: list) -> dict:
     """Copy a release file to ``out`` with KEY=VALUE ``fields`` set on the last entry of its
     ``training_lineage`` (VALUE as JSON when it parses, else as text)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+
+    from aecodec.weights import sorted_header
 
     check(path)
     path, out = Path(path), Path(out)
@@ -153,7 +155,7 @@ def annotate(path: Path, out: Path, fields: list) -> dict:
         raise ReleaseError(f"{out}: no such folder {out.parent}")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        save_file(load_file(str(path)), str(tmp), metadata=meta)
+        tmp.write_bytes(sorted_header(save(load_file(str(path)), metadata=meta)))  # the same input, the same bytes
         os.replace(tmp, out)
     except Exception as e:  # safetensors' own errors are not OSErrors
         tmp.unlink(missing_ok=True)
