@@ -213,8 +213,10 @@ def model_problem(model_id: str, manifest: Optional[Dict] = None) -> Optional[st
         return (f"was made with model {model_id!r}, retired after aecodec commit "
                 f"{retired.get('last_commit', '?')}: decode it with that version, or put "
                 f"{retired['file']} (sha256 {retired['sha256'][:12]}...) into {weights_dir()}")
+    hint = "" if os.environ.get("AECODEC_WEIGHTS_DIR") else (
+        "; if it was made with weights you exported, set AECODEC_WEIGHTS_DIR to their folder")
     return (f"needs model {model_id!r}, which this aecodec does not have "
-            f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'})")
+            f"(known: {', '.join(sorted(manifest.get('models', {}))) or 'none'}){hint}")
 
 
 def header_metadata(path) -> Optional[Dict]:
