@@ -115,7 +115,12 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
     if register_in is not None:
         check_replace(entry, register_in, registering=True)
     existed = out_path.exists()
-    entry = write_weights(blob, model_id, out_path)
+    try:
+        entry = write_weights(blob, model_id, out_path)
+    except OSError as e:  # a full disk, a read-only folder: the output's problem, not the checkpoint's
+        from .weights import WeightsError
+
+        raise WeightsError(f"{out_path}: cannot write ({e.strerror or e})") from None
     if register_in is not None:
         try:
             register(entry, register_in)

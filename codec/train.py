@@ -266,6 +266,7 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
 
     train_files, _ = training_split(data, val_images)
     out = Path(out)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     total, written, bad = 0, 0, []
     for p, name in zip(train_files, pack_names(train_files, data)):
@@ -284,6 +285,8 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
         print(f"note: {len(bad)} image(s) could not be decoded and were left out of the pack, e.g. "
               f"{relative_name(bad[0][0], data)} ({' '.join(str(bad[0][1]).split())[:100]})", file=sys.stderr)
     if not written:
+        if made:
+            out.rmdir()
         raise SystemExit(f"error: no training image of {data} could be decoded: nothing packed")
     return {"images": written, "bytes": total}
 

@@ -179,3 +179,15 @@ def test_damaged_weights_in_a_users_folder_name_the_manifest_not_a_reinstall(ckp
     assert "reinstall" not in r.stderr and str(d / "manifest.json") in r.stderr and old_id in r.stderr, r.stderr
     assert ("corrupted or was replaced" if damage == "replaced" else "missing") in r.stderr
     assert not (tmp_path / "x2.png").exists()
+
+
+def test_a_failed_write_is_the_output_s_problem_not_the_checkpoint_s(ckpt, tmp_path, fresh):
+    import errno
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fresh.setattr(W, "write_weights", full_disk)
+    r = run("export", ckpt, tmp_path / "w.safetensors")
+    assert r.exit_code == 1 and one_line(r), r.output
+    assert "cannot write (No space left on device)" in r.stderr and "checkpoint" not in r.stderr, r.stderr

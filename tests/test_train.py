@@ -1327,6 +1327,7 @@ def test_pack_writes_every_image_of_same_named_ones(tmp_path, photo_crops):
     for p in data.rglob("*.png"):  # nothing decodes: an error, not an empty pack
         p.write_bytes(p.read_bytes()[:200])
     assert main([str(data), "--pack-to", str(tmp_path / "pack2"), "--val-images", "1"], prog="aecodec train") == 1
+    assert not (tmp_path / "pack2").exists()
 
 
 def test_conflicts_with_the_run_are_usage_errors(data_dir, tmp_path, capsys):
