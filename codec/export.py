@@ -19,7 +19,14 @@ def load_checkpoint_model(ckpt_path, use_ema: Optional[bool] = None):
 
     from .model import ARCHITECTURES, GainedMeanScaleHyperprior
 
-    st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    from .train import unpickle_problem
+
+    try:  # tensors and plain Python values only: unpickling anything else could run its code
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise ValueError(unpickle_problem(e)) from None
+        raise
     cfg = st["config"]
     cls = ARCHITECTURES[cfg.get("arch", GainedMeanScaleHyperprior.arch)]
     model = cls(N=cfg["N"], M=cfg["M"], lambdas=cfg["lambdas"])

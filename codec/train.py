@@ -104,12 +104,11 @@ def read_checkpoint(path: Path, resumed: bool = False) -> Dict:
     what the file is not and, for the run directory's own (``resumed``), the way out."""
     import torch
 
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain Python values only: unpickling anything else could run its code
+        st = torch.load(path, map_location="cpu", weights_only=True)
         ok = isinstance(st, dict) and "model" in st and "config" in st
     except Exception as e:  # a damaged zip, text, a pickle of something else: torch says it many ways
-        why = " ".join(str(e).split()) or type(e).__name__
-        ok, why = False, why if len(why) <= 120 else why[:119].rstrip() + "…"
+        ok, why = False, unpickle_problem(e)
     else:
         why = "not a training checkpoint of aecodec train"
     if ok:
@@ -118,6 +117,14 @@ def read_checkpoint(path: Path, resumed: bool = False) -> Dict:
         raise SystemExit(f"error: {path} cannot be resumed ({why}): start over with --fresh (the file is then "
                          "moved aside), or put back a good copy")
     raise SystemExit(f"error: --init {path}: not release weights (.safetensors) or a training checkpoint ({why})")
+
+
+def unpickle_problem(e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a short phrase."""
+    why = " ".join(str(e).split()) or type(e).__name__
+    if "Weights only load failed" in why:  # torch's long advice to load it unsafely: not what we do
+        return "it holds Python objects besides tensors and plain values, which aecodec does not unpickle"
+    return why if len(why) <= 120 else why[:119].rstrip() + "…"
 
 
 MIN_SIDE = 64  # the model's downsampling: a smaller image gives no crop to train or validate on
@@ -489,7 +496,7 @@ def started_from(last: Path, init, state: Optional[Dict] = None) -> bool:
         return False
     if state is None:
         try:
-            state = torch.load(last, map_location="cpu", weights_only=False)
+            state = torch.load(last, map_location="cpu", weights_only=True)
         except Exception:
             return False
     return isinstance(state, dict) and (state.get("parent") or {}).get("model_id") == mid

@@ -1361,3 +1361,30 @@ def test_a_failed_start_leaves_no_empty_folders(data_dir, tmp_path):
     empty.mkdir()
     assert main(_main_args(empty, tmp_path / "new" / "deep" / "run", "--steps", "1"), prog="aecodec train") == 1
     assert not (tmp_path / "new").exists()
+
+
+class _Payload:  # what a hostile checkpoint would hold: unpickling it runs code
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_with_python_objects_is_refused_not_unpickled(data_dir, tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from aecodec.cli import main as cli
+    from aecodec.train import main
+
+    tr = _trainer(data_dir, tmp_path / "run")
+    state = tr._state()
+    state["config"]["note"] = _Payload(tmp_path / "pwned")
+    torch.save(state, tmp_path / "evil.pt")
+    r = CliRunner().invoke(cli, ["export", str(tmp_path / "evil.pt"), str(tmp_path / "w.safetensors")],
+                           catch_exceptions=False)
+    assert r.exit_code == 1 and "holds Python objects besides tensors" in r.stderr, r.output
+    assert main(_main_args(data_dir, tmp_path / "r2", "--steps", "1", "--init", str(tmp_path / "evil.pt")),
+                prog="aecodec train") == 1
+    assert "holds Python objects besides tensors" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "w.safetensors").exists()
