@@ -98,7 +98,7 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
     """Write a checkpoint's model as release weights ``out_path`` (and add them to the manifest of
     ``register_in`` as its default).  Nothing is written when a manifest there cannot be used
     (WeightsError) or registers ``out_path``'s name for another model (WeightsConflict)."""
-    from .weights import check_replace, entry_of, pack, read_manifest, register, write_weights
+    from .weights import WeightsError, check_replace, entry_of, pack, read_manifest, register, write_weights
 
     out_path = Path(out_path)
     if register_in is not None and (Path(register_in) / "manifest.json").exists():
@@ -125,8 +125,6 @@ def export_checkpoint(ckpt_path, out_path, register_in: Optional[Path] = None,
     try:
         entry = write_weights(blob, model_id, out_path)
     except OSError as e:  # a full disk, a read-only folder: the output's problem, not the checkpoint's
-        from .weights import WeightsError
-
         raise WeightsError(f"{out_path}: cannot write ({e.strerror or e})") from None
     if register_in is not None:
         try:

@@ -288,9 +288,7 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
         os.replace(tmp, dst)
         total += dst.stat().st_size
         written += 1
-    if bad:
-        print(f"note: {len(bad)} image(s) could not be decoded and were left out of the pack, e.g. "
-              f"{relative_name(bad[0][0], data)} ({' '.join(str(bad[0][1]).split())[:100]})", file=sys.stderr)
+    say_undecodable(bad, data, "image(s) could not be decoded and were left out of the pack")
     if not written:
         if made:
             out.rmdir()
@@ -298,14 +296,25 @@ def pack_training_images(data: Path, out: Path, val_images: int, quality: int = 
     return {"images": written, "bytes": total}
 
 
+def say_undecodable(bad: List[tuple], data, what: str) -> None:
+    """One note for the (path, error) pairs of images that did not decode, naming the first."""
+    if bad:
+        p, e = bad[0]
+        print(f"note: {len(bad)} {what}, e.g. {relative_name(p, data)} ({' '.join(str(e).split())[:100]})",
+              file=sys.stderr)
+
+
 def pack_names(files: List[Path], data) -> List[str]:
     """The pack's file names: each image's stem + .jpg, and where two images share a stem
     (same name in two subfolders, or a.png beside a.jpg) their path inside the folder, with
     the folders joined by '_' (and a number if even that repeats), so none overwrites another."""
+    from collections import Counter
+
     stems = [p.stem for p in files]
+    count = Counter(stems)
     names, taken = [], set()
     for p, stem in zip(files, stems):
-        if stems.count(stem) > 1:
+        if count[stem] > 1:
             rel = Path(relative_name(p, data))
             stem = "_".join([*rel.parent.parts, rel.stem]) + ("" if rel.suffix.lower() in (".jpg", ".jpeg")
                                                               else "_" + rel.suffix.lower().lstrip("."))
@@ -738,10 +747,7 @@ class Trainer:
                 kept.append(p)
             except Exception as e:
                 bad.append((p, e))
-        if bad:
-            print(f"note: {len(bad)} {what} image(s) could not be decoded and are left out, e.g. "
-                  f"{relative_name(bad[0][0], self.args.data)} ({' '.join(str(bad[0][1]).split())[:100]})",
-                  file=sys.stderr)
+        say_undecodable(bad, self.args.data, f"{what} image(s) could not be decoded and are left out")
         return kept, imgs
 
     def _make_sampler(self, images, seed: int):
@@ -795,7 +801,7 @@ class Trainer:
             self._diverged("not finite")  # never a checkpoint of weights that are no longer numbers
         self._claim_run_dir()
         best = self.run_dir / "best.pt"
-        if getattr(self, "_old_best_to", None) and best.exists():  # validated otherwise: kept before a checkpoint forgets it
+        if getattr(self, "_old_best_to", None) and best.exists():  # validated otherwise: kept, not overwritten
             os.replace(best, self.run_dir / self._old_best_to)
             print(f"step {self.step}: the earlier best.pt (validated otherwise) is kept as {self._old_best_to}",
                   file=sys.stderr)
@@ -1242,7 +1248,6 @@ class Trainer:
             return
         self.best_val = score
         self.save()  # record best_val in last.pt too
-        best = self.run_dir / "best.pt"
         atomic_torch_save({**self._state(), "export_weights": weights}, self.run_dir / "best.pt")
         print(f"step {self.step}: best validation so far ({weights} weights, loss {score:.4f}), kept as best.pt",
               file=sys.stderr)

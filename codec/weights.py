@@ -288,16 +288,12 @@ def load_model(model_id: Optional[str] = None):
         entry = entry or retired  # an earlier release whose weights file was put back
         d = weights_dir()
         path = d / entry["file"]
-        if _shipped(d):
-            remedy = "reinstall aecodec"
-        else:  # a folder of the user's (AECODEC_WEIGHTS_DIR): reinstalling would not help
-            remedy = (f"it is not the file that {d / 'manifest.json'} registers for model {model_id}: put that "
-                      f"file back, or export model {model_id}'s checkpoint to it again")
+        # a folder of the user's (AECODEC_WEIGHTS_DIR): reinstalling aecodec would not help
+        remedy = "reinstall aecodec" if _shipped(d) else (
+            f"{d / 'manifest.json'} registers it for model {model_id}: put that file back, or export the "
+            "model's checkpoint to it again")
         if not path.exists():
-            raise WeightsError(f"weights file {path} is missing; "
-                               + ("reinstall aecodec" if _shipped(d) else
-                                  f"{d / 'manifest.json'} registers it for model {model_id}: put it back, or "
-                                  f"export that model's checkpoint to it again"))
+            raise WeightsError(f"weights file {path} is missing; {remedy}")
         state = load_state_dict_file(path, entry["sha256"], remedy=remedy)
         meta = read_metadata(path)
         if meta.get("model_id") != model_id:
